@@ -1,0 +1,1 @@
+"""Backends: how one MTA flushes exactly one target. Registry and interface in ``base``."""

@@ -1,0 +1,1 @@
+"""Front ends: translate a protocol into Requests and Outcomes back; no policy here."""

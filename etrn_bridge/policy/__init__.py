@@ -1,0 +1,1 @@
+"""The policy: who may flush what, compiled for fast decisions, plus limits."""

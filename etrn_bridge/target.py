@@ -1,0 +1,177 @@
+"""The ETRN argument, parsed into a :class:`Target` (pure: no I/O, no policy).
+
+RFC 1985 §5: ``ETRN [<option character>]<node name>``. ``@`` asks for the node
+and its subdomains, ``#`` names a queue rather than a host. Everything here is
+hostile input: anything that is not exactly a host name, an address literal or
+a queue name is refused, so nothing malformed ever reaches a backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import idna
+
+# RFC 1035 §2.3.4 / RFC 5321 §4.5.3.1.2: a domain is at most 255 octets on the
+# wire, i.e. 253 characters in dotted text without the trailing dot.
+MAX_DOMAIN_LENGTH = 253
+# RFC 1035 §2.3.4: a label is 1 to 63 octets.
+MAX_LABEL_LENGTH = 63
+# Exim named queues and Sendmail queue groups are short identifiers; we accept a
+# conservative subset that is safe as one argv element and in a file name.
+MAX_QUEUE_NAME_LENGTH = 64
+
+# RFC 1985 §5 option characters.
+OPTION_SUBTREE = "@"
+OPTION_QUEUE = "#"
+
+# RFC 952 / RFC 1123 §2.1 host name label: letters, digits, hyphen; no hyphen
+# at either end. A-labels (xn--) fit this too.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# RFC 5321 §4.1.3 address literals.
+_IPV6_TAG = "ipv6:"
+
+
+class TargetKind(enum.Enum):
+    """What an ETRN argument names (RFC 1985 §5)."""
+
+    NODE = "node"  # exactly this host/domain
+    SUBTREE = "subtree"  # "@node": the node and every subdomain
+    QUEUE = "queue"  # "#name": a named queue / queue group
+
+
+class TargetError(ValueError):
+    """The argument is not acceptable; ``reason`` is for the audit, never the reply."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MissingArgument(TargetError):
+    """ETRN without an argument (RFC 1985 §5: 500 Syntax Error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A validated ETRN target; ``name`` is lower-case A-labels (or a literal/queue)."""
+
+    kind: TargetKind
+    name: str
+
+    def __str__(self) -> str:
+        if self.kind is TargetKind.SUBTREE:
+            return OPTION_SUBTREE + self.name
+        if self.kind is TargetKind.QUEUE:
+            return OPTION_QUEUE + self.name
+        return self.name
+
+    @property
+    def is_address_literal(self) -> bool:
+        return self.name.startswith("[")
+
+    def covers_domain(self, domain: str) -> bool:
+        """Whether a recipient domain (already lower-case A-labels) is selected."""
+        if self.kind is TargetKind.NODE:
+            return domain == self.name
+        if self.kind is TargetKind.SUBTREE:
+            return domain == self.name or domain.endswith("." + self.name)
+        return False
+
+
+def parse_target(argument: str) -> Target:
+    """Parse an ETRN argument as received (verb already removed).
+
+    Leading and trailing blanks are tolerated (libESMTP sends ``ETRN  x``).
+    Raises :class:`MissingArgument` for an empty argument and
+    :class:`TargetError` for anything malformed.
+    """
+    text = argument.strip(" \t")
+    if not text:
+        raise MissingArgument("no argument")
+    if text[0] == OPTION_QUEUE:
+        return Target(TargetKind.QUEUE, parse_queue_name(text[1:]))
+    if text[0] == OPTION_SUBTREE:
+        name = text[1:]
+        if name.startswith("["):
+            raise TargetError("'@' cannot apply to an address literal")
+        return Target(TargetKind.SUBTREE, parse_domain(name))
+    if text.startswith("["):
+        return Target(TargetKind.NODE, parse_address_literal(text))
+    return Target(TargetKind.NODE, parse_domain(text))
+
+
+def parse_queue_name(name: str) -> str:
+    if not name:
+        raise TargetError("empty queue name")
+    if not _QUEUE_NAME.match(name):
+        raise TargetError("queue name has characters outside [A-Za-z0-9_.-]")
+    return name
+
+
+def parse_domain(name: str) -> str:
+    """Validate a host/domain name and return it as lower-case A-labels.
+
+    Used for ETRN arguments and for every domain written in the policy, so the
+    two are compared in the same canonical form.
+    """
+    _reject_unsafe_characters(name)
+    if name.endswith("."):
+        name = name[:-1]
+    if not name:
+        raise TargetError("empty domain")
+    if not name.isascii():
+        try:
+            # UTS #46 mapping (case folding, width mapping), then IDNA 2008.
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise TargetError(f"invalid internationalized name: {exc}") from None
+    name = name.lower()
+    if len(name) > MAX_DOMAIN_LENGTH:
+        raise TargetError(f"name longer than {MAX_DOMAIN_LENGTH} characters")
+    for label in name.split("."):
+        if not label:
+            raise TargetError("empty label")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise TargetError(f"label longer than {MAX_LABEL_LENGTH} characters")
+        if not _LABEL.match(label):
+            raise TargetError("label is not letters, digits and inner hyphens")
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except idna.IDNAError as exc:
+                raise TargetError(f"invalid A-label: {exc}") from None
+    return name
+
+
+def parse_address_literal(text: str) -> str:
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 §4.1.3), normalised."""
+    _reject_unsafe_characters(text)
+    if not (text.startswith("[") and text.endswith("]")):
+        raise TargetError("malformed address literal")
+    inner = text[1:-1]
+    try:
+        if inner.lower().startswith(_IPV6_TAG):
+            v6 = ipaddress.IPv6Address(inner[len(_IPV6_TAG) :])
+            return f"[IPv6:{v6.compressed}]"
+        v4 = ipaddress.IPv4Address(inner)
+    except ValueError:
+        raise TargetError("address literal is not an IPv4 or IPv6 address") from None
+    return f"[{v4}]"
+
+
+def _reject_unsafe_characters(text: str) -> None:
+    # Decoded with surrogateescape by the listener: a lone surrogate means the
+    # client sent bytes that are not UTF-8.
+    for char in text:
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:
+            raise TargetError("argument is not valid UTF-8")
+        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            raise TargetError("control character in argument")
+        if char.isspace():
+            raise TargetError("white space inside argument")
