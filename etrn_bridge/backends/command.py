@@ -8,7 +8,7 @@ might split or interpret. There is no shell anywhere.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 from etrn_bridge.backends.base import BackendOptionError
@@ -17,10 +17,10 @@ from etrn_bridge.request import FlushResult
 from etrn_bridge.target import Target
 
 DEFAULT_TIMEOUT = 30.0
-PLACEHOLDERS = {
+PLACEHOLDERS: dict[str, Callable[[Target], str]] = {
     "{target}": lambda target: target.name,  # bare domain, literal or queue name
     "{kind}": lambda target: target.kind.value,  # node | subtree | queue
-    "{etrn}": lambda target: str(target),  # RFC 1985 form: name, @name or #name
+    "{etrn}": str,  # RFC 1985 form: name, @name or #name
 }
 _BRACED = re.compile(r"\{[^{}]*\}")
 

@@ -1,0 +1,48 @@
+"""The ``etrn-bridge`` command: one module per subcommand, dispatched here.
+
+Each subcommand module exposes ``add_parser(subparsers)`` which registers its
+parser and sets ``run`` (``args -> exit status``) as the parser's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from etrn_bridge import __version__
+
+# Subcommand modules, in the order ``--help`` lists them.
+SUBCOMMANDS = ("serve", "check", "explain", "send", "flush", "doctor", "schema")
+
+# sysexits.h EX_USAGE, for command-line misuse.
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="etrn-bridge",
+        description="A policy-driven RFC 1985 ETRN front end for Postfix, Exim and Sendmail.",
+    )
+    parser.add_argument("--version", action="version", version=f"etrn-bridge {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"etrn_bridge.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"etrn_bridge.cli.{name}":
+                raise
+            continue  # not built yet
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    status: int = args.run(args)
+    return status

@@ -1,0 +1,128 @@
+"""The JSON Schema of the configuration file: the single description of its shape.
+
+``etrn-bridge schema`` prints it for editors (yaml-language-server), and the
+loader validates every file against it, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from etrn_bridge import defaults
+from etrn_bridge.backends.base import registered_backends
+from etrn_bridge.policy.schema import LIMITS_SCHEMA, POLICY_SCHEMA
+
+SCHEMA_ID = "https://etrn-bridge.invalid/schema/config.json"
+
+# "127.0.0.1:2525", "[::1]:2525", "0.0.0.0:25"
+_LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):[0-9]{1,5}$"
+
+
+def _backend_schema() -> dict[str, Any]:
+    variants = []
+    for name, factory in sorted(registered_backends().items()):
+        options = factory.options_schema
+        variants.append(
+            {
+                "if": {"properties": {"type": {"const": name}}},
+                "then": {
+                    "properties": {"type": {"const": name}, **options.get("properties", {})},
+                    "required": ["type", *options.get("required", [])],
+                    "additionalProperties": False,
+                },
+            }
+        )
+    return {
+        "type": "object",
+        "description": "How the MTA flushes: one of the registered backend types.",
+        "properties": {"type": {"type": "string", "enum": sorted(registered_backends())}},
+        "required": ["type"],
+        "allOf": variants,
+    }
+
+
+def config_schema() -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "etrn-bridge configuration",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "listen": {
+                "type": "array",
+                "items": {"type": "string", "pattern": _LISTEN_PATTERN},
+                "minItems": 1,
+                "default": list(defaults.LISTEN),
+                "description": "Addresses to listen on: 'IPv4:port' or '[IPv6]:port'.",
+            },
+            "hostname": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Name in the greeting and EHLO reply (default: this host's FQDN).",
+            },
+            "backend": _backend_schema(),
+            "audit": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "file": {"type": "string", "description": "JSON-lines audit file."},
+                    "syslog": {"type": "boolean", "default": False},
+                    "syslog_address": {"type": "string", "default": defaults.SYSLOG_ADDRESS},
+                },
+            },
+            "tls": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["cert", "key"],
+                "properties": {
+                    "cert": {"type": "string", "description": "PEM certificate chain."},
+                    "key": {"type": "string", "description": "PEM private key."},
+                    "client_ca": {
+                        "type": "string",
+                        "description": "PEM CA bundle; when set, client certificates are "
+                        "requested and verified (for tls_fingerprints).",
+                    },
+                },
+            },
+            "auth": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["passwords_file"],
+                "properties": {
+                    "passwords_file": {
+                        "type": "string",
+                        "description": "'user:hash' lines, scrypt or argon2 hashes.",
+                    }
+                },
+            },
+            "session": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "idle_timeout": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "default": defaults.IDLE_TIMEOUT,
+                    },
+                    "max_line_length": {
+                        "type": "integer",
+                        "minimum": 64,
+                        "default": defaults.MAX_COMMAND_LINE,
+                    },
+                    "max_etrn": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "default": defaults.MAX_ETRN_PER_SESSION,
+                    },
+                    "max_bad_commands": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "default": defaults.MAX_BAD_COMMANDS,
+                    },
+                },
+            },
+            "limits": LIMITS_SCHEMA,
+            "policy": POLICY_SCHEMA,
+        },
+    }
