@@ -1,0 +1,234 @@
+"""What the Postfix, Exim and Sendmail backends share: options, listing, selection.
+
+Each MTA backend does the same three steps: list the queue with the MTA's own
+listing command, select the messages with a recipient the target covers
+(exact domain comparison, never a substring), then flush exactly those. This
+module owns the steps; a subclass owns only the MTA's argv and output format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+import idna
+import jsonschema
+
+from etrn_bridge.backends.base import BackendOptionError
+from etrn_bridge.backends.process import ProgramResult, run_program
+from etrn_bridge.request import FlushResult
+from etrn_bridge.target import Target, TargetKind
+
+# Which recipient domains (lower-case A-labels) a target selects.
+DomainPredicate = Callable[[str], bool]
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_CONCURRENT = 4
+# Queue ids per flush command line: far below ARG_MAX (2 MiB on Linux) even
+# with Exim 4.97+ 23-character ids, and small enough to run a few in parallel.
+MAX_IDS_PER_RUN = 200
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """One queued message as the MTA lists it: only its still undelivered recipients."""
+
+    queue_id: str
+    recipients: tuple[str, ...]
+    queue: str | None = None  # Exim named queue / Postfix queue, when the listing says
+
+
+class ListingError(Exception):
+    """The MTA's listing could not be read; carries the failed run for the audit."""
+
+    def __init__(self, result: ProgramResult, reason: str = "") -> None:
+        super().__init__(reason or result.detail())
+        self.result = result
+        self.reason = reason or result.detail()
+
+
+class UnknownQueue(Exception):
+    """The MTA says the ``#queue`` named does not exist (459, like Sendmail's own ETRN)."""
+
+
+def recipient_domain(address: str) -> str | None:
+    """The recipient's domain as lower-case A-labels, comparable with ``Target.name``.
+
+    Only the part after the last ``@`` counts (a local part may contain ``@``
+    when quoted, and may look like a domain: ``customer.test@other.test``).
+    None when the address has no domain or it is not a valid IDNA name.
+    """
+    address = address.strip().strip("<>")
+    local, at, domain = address.rpartition("@")
+    if not at or not local:
+        return None
+    domain = domain.rstrip(".")
+    if not domain:
+        return None
+    if domain.isascii():
+        return domain.lower()
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
+
+
+def select_messages(messages: Iterable[QueuedMessage], covers: DomainPredicate) -> tuple[str, ...]:
+    """Queue ids of the messages with at least one recipient whose domain is covered."""
+    selected: list[str] = []
+    for message in messages:
+        for address in message.recipients:
+            domain = recipient_domain(address)
+            if domain is not None and covers(domain):
+                selected.append(message.queue_id)
+                break
+    return tuple(selected)
+
+
+def chunks(items: Sequence[str], size: int = MAX_IDS_PER_RUN) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def failure(result: ProgramResult) -> FlushResult:
+    """A program that did not run, timed out or exited non-zero: 458, its own words audited."""
+    return FlushResult(started=False, exit_status=result.exit_status, detail=result.detail())
+
+
+def _schema(program_option: str, default_program: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        program_option: {
+            "type": "string",
+            "pattern": "^/",
+            "default": default_program,
+            "description": "Absolute path of the MTA program.",
+        },
+        "command_prefix": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "default": [],
+            "description": "Prepended to every command, e.g. [sudo, -n].",
+        },
+        "args": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "default": [],
+            "description": "Extra arguments right after the program on every call "
+            "(select the MTA instance's config).",
+        },
+        "timeout": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": DEFAULT_TIMEOUT,
+            "description": "Seconds before a listing or flush command is killed (then 458).",
+        },
+        "max_concurrent": {
+            "type": "integer",
+            "minimum": 1,
+            "default": DEFAULT_MAX_CONCURRENT,
+            "description": "MTA commands running at the same time, at most.",
+        },
+    }
+    properties.update(extra)
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+class MtaBackend(ABC):
+    """List, select exactly, flush exactly. Subclasses give the argv and the parser."""
+
+    name: str
+    program_option: ClassVar[str]  # "postqueue", "exim", "sendmail"
+    default_program: ClassVar[str]
+    extra_options: ClassVar[Mapping[str, Any]] = {}
+    options_schema: ClassVar[dict[str, Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "program_option" in cls.__dict__:
+            cls.options_schema = _schema(cls.program_option, cls.default_program, cls.extra_options)
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.program: str = options.get(self.program_option, self.default_program)
+        self.command_prefix: tuple[str, ...] = tuple(options.get("command_prefix", ()))
+        self.args: tuple[str, ...] = tuple(options.get("args", ()))
+        self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+        self.max_concurrent = int(options.get("max_concurrent", DEFAULT_MAX_CONCURRENT))
+        self._slots: asyncio.Semaphore | None = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Self:
+        validator = jsonschema.Draft202012Validator(cls.options_schema)
+        for error in validator.iter_errors(dict(options)):
+            if error.validator == "additionalProperties":
+                unknown = sorted(set(options) - set(cls.options_schema["properties"]))
+                raise BackendOptionError(unknown[0], f"unknown option of the {cls.name} backend")
+            key = str(error.absolute_path[0]) if error.absolute_path else None
+            raise BackendOptionError(key, error.message)
+        return cls(options)
+
+    def command(self, *arguments: str) -> list[str]:
+        """Full argv: prefix, program, instance args, then this call's arguments."""
+        return [*self.command_prefix, self.program, *self.args, *arguments]
+
+    async def run(self, *arguments: str, timeout: float | None = None) -> ProgramResult:
+        # Created lazily: a Semaphore made outside the serving loop would bind to no loop.
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        async with self._slots:
+            return await run_program(self.command(*arguments), timeout or self.timeout)
+
+    # -- what a subclass provides -------------------------------------------------
+
+    @abstractmethod
+    async def list_queue(self, target: Target) -> list[QueuedMessage]:
+        """The messages the MTA lists for this target's queue; raises ListingError."""
+
+    @abstractmethod
+    async def flush_selected(self, target: Target, queue_ids: tuple[str, ...]) -> FlushResult:
+        """Start delivery of exactly ``queue_ids`` (never empty)."""
+
+    def covers(self, target: Target) -> DomainPredicate | None:
+        """Which recipient domains the target selects; None: this MTA cannot serve it."""
+        if target.kind is TargetKind.QUEUE:
+            return lambda domain: True  # the listing already holds only that queue
+        return target.covers_domain
+
+    # -- the Backend protocol ---------------------------------------------------------
+
+    async def selected(self, target: Target) -> tuple[str, ...] | None:
+        covers = self.covers(target)
+        if covers is None:
+            return None
+        return select_messages(await self.list_queue(target), covers)
+
+    async def pending(self, target: Target) -> int | None:
+        try:
+            ids = await self.selected(target)
+        except (ListingError, UnknownQueue):
+            return None
+        return None if ids is None else len(ids)
+
+    async def flush(self, target: Target) -> FlushResult:
+        try:
+            ids = await self.selected(target)
+        except ListingError as exc:
+            return FlushResult(started=False, exit_status=exc.result.exit_status, detail=exc.reason)
+        except UnknownQueue as exc:
+            return FlushResult(started=False, unsupported=True, detail=str(exc))
+        if ids is None:
+            return FlushResult(
+                started=False, unsupported=True, detail=f"{self.name}: no queue named {target}"
+            )
+        if not ids:
+            # Nothing waiting: no flush at all (251).
+            return FlushResult(started=True, pending=0)
+        return await self.flush_selected(target, ids)
+
+    async def run_each(
+        self, argvs: Iterable[Sequence[str]], timeout: float | None = None
+    ) -> ProgramResult | None:
+        """Run several commands (bounded by max_concurrent); the first failure, or None."""
+        results = await asyncio.gather(*(self.run(*argv, timeout=timeout) for argv in argvs))
+        return next((result for result in results if not result.ok), None)

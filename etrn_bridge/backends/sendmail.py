@@ -1,0 +1,88 @@
+"""The ``sendmail`` backend: ``sendmail -bp`` to list, ``sendmail -qI<id>`` to flush.
+
+Facts (measured on Sendmail 8.17, tests/mta/lab/README.md §4-5):
+
+* ``-qR<x>`` is a case-insensitive SUBSTRING match on the recipient; even
+  ``-qR@customer.test`` flushes ``customer.test.evil``, and ``-qR`` with an
+  empty string runs the whole queue. The bridge never uses ``-qR``.
+* ``-qI<id>`` selects by queue id; several ``-qI`` flags in one call are
+  ORed. Sendmail forks the queue runner and the command returns at once.
+* Queue groups: ``-bp -qG<name>`` lists one (prints "Queue group <name>
+  unknown", still exit 0, for a group that does not exist); ``-qG<name>``
+  runs it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from etrn_bridge.backends.mta import (
+    ListingError,
+    MtaBackend,
+    QueuedMessage,
+    UnknownQueue,
+    chunks,
+    failure,
+)
+from etrn_bridge.request import FlushResult
+from etrn_bridge.target import Target, TargetKind
+
+# printqueue() in sendmail/queue.c: the id, one status character ("*" being
+# delivered, "X" load too high, "-" too young), size, time, sender. Recipient
+# and reason lines are indented; reasons are in parentheses.
+_MESSAGE_LINE = re.compile(r"^(?P<id>[0-9A-Za-z]+)[*X-]?\s+\d+\s")
+_RECIPIENT = re.compile(r"^<?(?P<address>[^\s<>()]*@[^\s<>()]+)>?$")
+_UNKNOWN_GROUP = re.compile(rb"^Queue group \S+ unknown", re.MULTILINE)
+
+
+def parse_sendmail_bp(output: bytes) -> list[QueuedMessage]:
+    """``sendmail -bp`` output. Sendmail lists only recipients not yet delivered."""
+    messages: list[QueuedMessage] = []
+    queue_id: str | None = None
+    recipients: list[str] = []
+
+    def close() -> None:
+        if queue_id is not None:
+            messages.append(QueuedMessage(queue_id, tuple(recipients)))
+
+    for raw in output.decode("utf-8", "surrogateescape").splitlines():
+        header = _MESSAGE_LINE.match(raw)
+        if header:
+            close()
+            queue_id, recipients = header["id"], []
+        elif raw[:1].isspace() and queue_id is not None:
+            recipient = _RECIPIENT.match(raw.strip())
+            if recipient:
+                recipients.append(recipient["address"])
+    close()
+    return messages
+
+
+class SendmailBackend(MtaBackend):
+    """Exact flushes through ``sendmail -qI``."""
+
+    name = "sendmail"
+    program_option = "sendmail"
+    # Debian's sendmail-bin (a symlink to the MTA's binary, like every other MTA's).
+    default_program = "/usr/sbin/sendmail"
+
+    async def list_queue(self, target: Target) -> list[QueuedMessage]:
+        group = target.kind is TargetKind.QUEUE
+        result = await self.run("-bp", *(("-qG" + target.name,) if group else ()))
+        if not result.ok:
+            raise ListingError(result)
+        if group and _UNKNOWN_GROUP.search(result.stdout + result.stderr):
+            raise UnknownQueue(result.detail())
+        return parse_sendmail_bp(result.stdout)
+
+    async def flush_selected(self, target: Target, queue_ids: tuple[str, ...]) -> FlushResult:
+        if target.kind is TargetKind.QUEUE:
+            argvs: list[tuple[str, ...]] = [("-qG" + target.name,)]
+        else:
+            # -qI is a substring match on the id too; whole ids of one queue
+            # are all the same length, so a whole id matches only itself.
+            argvs = [tuple("-qI" + queue_id for queue_id in chunk) for chunk in chunks(queue_ids)]
+        failed = await self.run_each(argvs)
+        if failed is not None:
+            return failure(failed)
+        return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)
