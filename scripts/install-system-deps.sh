@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Debian packages the test suite uses as real third-party peers (root only).
+#   perl + Net::SMTP: a real client's ETRN; fetchmail: its "proto ETRN" mode;
+set -euo pipefail
+PACKAGES=(perl fetchmail)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "apt-get install ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
