@@ -111,10 +111,17 @@ def parse_config(text: str, file: Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = Mark(str(file), mark.line + 1, mark.column + 1) if mark else Mark(str(file), 1, 1)
         raise ConfigError([Problem(where, (), f"YAML syntax: {exc}")]) from None
+    if not isinstance(document.data, dict):
+        raise ConfigError([Problem(document.mark(()), (), "the file must be a mapping of keys")])
     problems = _schema_problems(document)
+    # Meaning is checked even when the shape is not right, so one run lists everything.
+    sections = _check_sections(document, file, {p.path[0] for p in problems if p.path}, problems)
     if problems:
+        problems.sort(
+            key=lambda p: (p.mark.file != str(file), p.mark.file, p.mark.line, p.mark.column)
+        )
         raise ConfigError(problems)
-    return _build(document, file)
+    return _build(document.data, file, sections)
 
 
 def _schema_problems(document: MarkedDocument) -> list[Problem]:
@@ -123,61 +130,83 @@ def _schema_problems(document: MarkedDocument) -> list[Problem]:
         for path, mark in document.duplicate_keys
     ]
     validator = jsonschema.Draft202012Validator(config_schema())
-    for error in sorted(validator.iter_errors(document.data), key=lambda e: list(e.path)):
+    for error in validator.iter_errors(document.data):
         path = tuple(error.path)
-        problems.append(Problem(document.mark(path), path, _schema_message(error)))
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            # Name each unknown key at its own line, not at the mapping that holds it.
+            known = set(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - known):
+                key_path = (*path, key)
+                problems.append(Problem(document.key_mark(key_path), key_path, _unknown(known)))
+        else:
+            problems.append(Problem(document.mark(path), path, error.message))
     return problems
 
 
-def _schema_message(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties":
-        return f"unknown key: {error.message}"
-    return error.message
+def _unknown(known: set[str]) -> str:
+    return "unknown key" + (f" (known here: {', '.join(sorted(known))})" if known else "")
 
 
-def _build(document: MarkedDocument, file: Path) -> Config:
+@dataclass(frozen=True, slots=True)
+class _CheckedSections:
+    policy: Policy
+    limits: LimitSettings
+
+
+def _check_sections(
+    document: MarkedDocument, file: Path, bad_sections: set[str | int], problems: list[Problem]
+) -> _CheckedSections:
     data: dict[str, Any] = document.data
-    problems: list[Problem] = []
-    base_dir = file.parent
 
     def problem(path: KeyPath, message: str) -> None:
         problems.append(Problem(document.mark(path), path, message))
 
-    listen = tuple(_listen_address(text) for text in data.get("listen", defaults.LISTEN))
     backend = data.get("backend", {"type": defaults.BACKEND})
-    try:
-        create_backend(backend)
-    except BackendOptionError as exc:
-        key_path: KeyPath = ("backend", exc.key) if exc.key else ("backend",)
-        problem(key_path, exc.message)
+    if "backend" not in bad_sections:
+        try:
+            create_backend(backend)
+        except BackendOptionError as exc:
+            problem(("backend", exc.key) if exc.key else ("backend",), exc.message)
 
+    policy_section = data.get("policy", {})
     policy_problems: list[PolicyProblem] = []
-    policy = compile_policy(data.get("policy", {}), base_dir=base_dir, problems=policy_problems)
-    for policy_problem in policy_problems:
-        problem(("policy", *policy_problem.path), policy_problem.message)
-    limits = parse_limits(data.get("limits", {}))
+    policy = compile_policy(
+        policy_section if isinstance(policy_section, dict) else {},
+        base_dir=file.parent,
+        problems=policy_problems,
+    )
+    for found in policy_problems:
+        path = ("policy", *found.path)
+        problems.append(Problem(found.mark or document.mark(path), path, found.message))
 
+    limits_section = data.get("limits", {})
+    limits = parse_limits(
+        limits_section if isinstance(limits_section, dict) else {},
+        lambda key, message: problem(("limits", *key), message),
+    )
+    if data.get("auth") is not None and data.get("tls") is None:
+        problem(("auth",), "AUTH is offered only after STARTTLS: configure tls too")
+    return _CheckedSections(policy, limits)
+
+
+def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Config:
+    base_dir = file.parent
     audit_data = data.get("audit", {})
     tls_data = data.get("tls")
     auth_data = data.get("auth")
-    session_data = data.get("session", {})
-    if auth_data is not None and tls_data is None:
-        problem(("auth",), "AUTH is offered only after STARTTLS: configure tls too")
-    if problems:
-        raise ConfigError(problems)
     return Config(
         path=file,
-        listen=listen,
+        listen=tuple(_listen_address(text) for text in data.get("listen", defaults.LISTEN)),
         hostname=data.get("hostname", defaults.hostname()),
-        backend=backend,
-        policy=policy,
-        limits=limits,
+        backend=data.get("backend", {"type": defaults.BACKEND}),
+        policy=sections.policy,
+        limits=sections.limits,
         audit=AuditSettings(
             file=_path(base_dir, audit_data.get("file")),
             syslog=audit_data.get("syslog", False),
             syslog_address=audit_data.get("syslog_address", defaults.SYSLOG_ADDRESS),
         ),
-        session=SessionSettings(**session_data),
+        session=SessionSettings(**data.get("session", {})),
         tls=TlsSettings(
             cert=base_dir / tls_data["cert"],
             key=base_dir / tls_data["key"],

@@ -31,6 +31,8 @@ class Mark:
 class MarkedDocument:
     data: Any
     marks: dict[KeyPath, Mark] = field(default_factory=dict)
+    # Where each mapping key itself is written: "unknown key" errors point here.
+    key_marks: dict[KeyPath, Mark] = field(default_factory=dict)
     duplicate_keys: list[tuple[KeyPath, Mark]] = field(default_factory=list)
     file: str = "<config>"
 
@@ -39,6 +41,10 @@ class MarkedDocument:
         while path not in self.marks and path:
             path = path[:-1]
         return self.marks.get(path, Mark(self.file, 1, 1))
+
+    def key_mark(self, path: KeyPath) -> Mark:
+        """Where the key that ends ``path`` is written (falls back to :meth:`mark`)."""
+        return self.key_marks.get(path) or self.mark(path)
 
 
 def format_path(path: KeyPath) -> str:
@@ -72,6 +78,7 @@ def _record_marks(node: yaml.Node, path: KeyPath, document: MarkedDocument) -> N
         seen: set[str] = set()
         for key_node, value_node in node.value:
             child: KeyPath = (*path, str(key_node.value))
+            document.key_marks.setdefault(child, _mark_of(key_node, document.file))
             if child[-1] in seen:
                 document.duplicate_keys.append((child, _mark_of(key_node, document.file)))
             seen.add(str(child[-1]))

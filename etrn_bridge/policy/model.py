@@ -1,45 +1,205 @@
-"""The compiled policy and its decision (pure: no I/O)."""
+"""The compiled policy and its decision (pure: no I/O).
+
+Evaluation order (docs/policy.md says the same for mail admins):
+1. the ETRN argument is parsed (bad syntax never gets here);
+2. every ``deny`` entry that matches the client and covers the target refuses it;
+3. otherwise the FIRST ``clients`` entry, in file order, that matches the client
+   and covers the target allows it (its id is the audited rule);
+4. otherwise the request is refused (no entry allows it).
+An entry matches a client when EVERY matcher it has matches (networks, users,
+tls_fingerprints, rdns); a matcher it does not have does not constrain.
+"""
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
+from etrn_bridge.policy.index import Address, NetworkSet, TargetIndex, client_address
+from etrn_bridge.policy.limits import EntryLimits
 from etrn_bridge.request import Decision, Identity
-from etrn_bridge.target import Target, TargetKind
+from etrn_bridge.target import Target
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+FINGERPRINT_PREFIX = "sha256:"
+_HEX_DIGEST = re.compile(r"[0-9A-F]{64}\Z")
+WILDCARD_PREFIX = "*."
+
+
+def normalize_fingerprint(text: str) -> str:
+    """``"sha256:ab:cd..."``, ``"ABCD..."``, ``"ab cd ..."`` -> ``"sha256:AB:CD:..."``."""
+    digest = text.strip()
+    if digest.lower().startswith(FINGERPRINT_PREFIX):
+        digest = digest[len(FINGERPRINT_PREFIX) :]
+    digest = digest.replace(":", "").replace(" ", "").upper()
+    if not _HEX_DIGEST.match(digest):
+        raise ValueError("not a SHA-256 fingerprint (64 hex digits, optionally 'sha256:AB:CD:...')")
+    return FINGERPRINT_PREFIX + ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+
+
+def canonical_hostname(name: str) -> str:
+    return name.rstrip(".").lower()
 
 
 @dataclass(frozen=True, slots=True)
-class ClientEntry:
-    id: str
-    networks: tuple[Network, ...]
-    targets: frozenset[Target]
+class HostnamePatterns:
+    """``host.example`` matches exactly; ``*.zone.example`` matches any name below the zone."""
 
-    def matches_client(self, identity: Identity) -> bool:
-        address = ipaddress.ip_address(identity.address)
-        return any(address in network for network in self.networks)
+    exact: frozenset[str] = frozenset()
+    zones: frozenset[str] = frozenset()  # the part after "*."
 
-    def covers(self, target: Target) -> bool:
-        if target in self.targets:
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.zones)
+
+    def match(self, name: str) -> bool:
+        name = canonical_hostname(name)
+        if name in self.exact:
             return True
-        if target.kind is TargetKind.QUEUE:
-            return False
-        # "@x" in the policy covers x and its subdomains, asked as node or subtree.
-        labels = target.name.split(".")
-        return any(
-            Target(TargetKind.SUBTREE, ".".join(labels[i:])) in self.targets
-            for i in range(len(labels))
+        dot = name.find(".")
+        while dot >= 0:
+            name = name[dot + 1 :]
+            if name in self.zones:
+                return True
+            dot = name.find(".")
+        return False
+
+    def covers(self, other: HostnamePatterns) -> bool:
+        """Whether every name ``other`` matches is matched here too."""
+        return all(self.match(name) for name in other.exact) and all(
+            any(zone == mine or zone.endswith("." + mine) for mine in self.zones)
+            for zone in other.zones
         )
+
+    def __str__(self) -> str:
+        return ", ".join([*sorted(self.exact), *(WILDCARD_PREFIX + z for z in sorted(self.zones))])
+
+
+class ClientFacts:
+    """What the policy compares, derived once per request from the Identity."""
+
+    __slots__ = ("_fingerprint", "address", "identity", "verified_names")
+
+    def __init__(self, identity: Identity, verified_names: Iterable[str] = ()) -> None:
+        self.identity = identity
+        self.address: Address = client_address(identity.address)
+        self.verified_names = tuple(verified_names)
+        self._fingerprint: str | bool | None = False  # False: not computed yet
+
+    @property
+    def fingerprint(self) -> str | None:
+        if self._fingerprint is False:
+            raw = self.identity.tls_fingerprint
+            try:
+                self._fingerprint = normalize_fingerprint(raw) if raw else None
+            except ValueError:
+                self._fingerprint = None
+        return self._fingerprint if isinstance(self._fingerprint, str) else None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Entry:
+    """One ``clients`` (allow) or ``deny`` entry, compiled."""
+
+    id: str
+    allow: bool
+    order: int  # position in its list: the first matching allow entry decides
+    networks: NetworkSet = field(default_factory=lambda: NetworkSet(()))
+    users: frozenset[str] = frozenset()
+    tls_fingerprints: frozenset[str] = frozenset()
+    rdns: HostnamePatterns = field(default_factory=HostnamePatterns)
+    targets: tuple[Target, ...] = ()
+    limits: EntryLimits = field(default_factory=EntryLimits)
+
+    @property
+    def section(self) -> str:
+        return "clients" if self.allow else "deny"
+
+    def matcher_kinds(self) -> list[str]:
+        kinds = [("networks", self.networks), ("users", self.users)]
+        kinds += [("tls_fingerprints", self.tls_fingerprints), ("rdns", self.rdns)]
+        return [name for name, matcher in kinds if matcher]
+
+    def matches(self, client: ClientFacts) -> bool:
+        if self.networks and client.address not in self.networks:
+            return False
+        if self.users and client.identity.auth_user not in self.users:
+            return False
+        if self.tls_fingerprints and client.fingerprint not in self.tls_fingerprints:
+            return False
+        return not self.rdns or any(self.rdns.match(n) for n in client.verified_names)
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    clients: tuple[ClientEntry, ...] = ()
+    allow: tuple[Entry, ...] = ()
+    deny: tuple[Entry, ...] = ()
+    allow_index: TargetIndex[Entry] = field(default_factory=TargetIndex)
+    deny_index: TargetIndex[Entry] = field(default_factory=TargetIndex)
+    deny_everywhere: tuple[Entry, ...] = ()  # deny entries without targets: every target
 
-    def decide(self, identity: Identity, target: Target) -> Decision:
-        for entry in self.clients:
-            if entry.matches_client(identity) and entry.covers(target):
-                return Decision(True, entry.id, "listed")
-        return Decision(False, None, "no entry allows this client this target")
+    @classmethod
+    def build(cls, allow: Iterable[Entry], deny: Iterable[Entry]) -> Policy:
+        allow, deny = tuple(allow), tuple(deny)
+        allow_index: TargetIndex[Entry] = TargetIndex()
+        deny_index: TargetIndex[Entry] = TargetIndex()
+        for entry in allow:
+            for target in entry.targets:
+                allow_index.add(target, entry)
+        for entry in deny:
+            for target in entry.targets:
+                deny_index.add(target, entry)
+        everywhere = tuple(entry for entry in deny if not entry.targets)
+        return cls(allow, deny, allow_index, deny_index, everywhere)
+
+    @property
+    def uses_rdns(self) -> bool:
+        return any(entry.rdns for entry in (*self.allow, *self.deny))
+
+    def candidates(self, target: Target) -> Iterator[tuple[Target | None, Entry]]:
+        """Entries that cover ``target``, deny entries first, with the policy target that does."""
+        for entry in self.deny_everywhere:
+            yield None, entry
+        yield from self.deny_index.covering(target)
+        yield from self.allow_index.covering(target)
+
+    def needs_rdns(self, target: Target) -> bool:
+        """Whether deciding on ``target`` may depend on the client's verified host name."""
+        return any(entry.rdns for _, entry in self.candidates(target))
+
+    def decide(
+        self, identity: Identity, target: Target, verified_names: Iterable[str] = ()
+    ) -> Decision:
+        client = ClientFacts(identity, verified_names)
+        chosen: tuple[Target | None, Entry] | None = None
+        for policy_target, entry in self.candidates(target):
+            if not entry.allow:
+                if entry.matches(client):
+                    return _decision(entry, policy_target, target)
+            elif (chosen is None or entry.order < chosen[1].order) and entry.matches(client):
+                chosen = policy_target, entry
+        if chosen is None:
+            return Decision(False, None, "no entry allows this client this target")
+        return _decision(chosen[1], chosen[0], target)
+
+    def summary(self) -> dict[str, int]:
+        entries = (*self.allow, *self.deny)
+        return {
+            "clients": len(self.allow),
+            "deny": len(self.deny),
+            "targets": sum(len(e.targets) for e in entries),
+            "networks": sum(len(e.networks) for e in entries),
+            "users": sum(len(e.users) for e in entries),
+            "tls_fingerprints": sum(len(e.tls_fingerprints) for e in entries),
+        }
+
+
+def _decision(entry: Entry, policy_target: Target | None, target: Target) -> Decision:
+    covered = "every target" if policy_target is None else f"target {policy_target}"
+    client = ", ".join(entry.matcher_kinds()) or "any client"
+    verb = "allowed" if entry.allow else "denied"
+    return Decision(
+        entry.allow,
+        entry.id,
+        f"{verb} by {entry.section} entry {entry.id!r}: {covered} covers {target}; "
+        f"client matched by {client}",
+    )
