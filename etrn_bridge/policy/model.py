@@ -13,7 +13,7 @@ tls_fingerprints, rdns); a matcher it does not have does not constrain.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from etrn_bridge.policy.index import Address, NetworkSet, TargetIndex, client_address
@@ -136,6 +136,7 @@ class Policy:
     allow_index: TargetIndex[Entry] = field(default_factory=TargetIndex)
     deny_index: TargetIndex[Entry] = field(default_factory=TargetIndex)
     deny_everywhere: tuple[Entry, ...] = ()  # deny entries without targets: every target
+    by_id: Mapping[str, Entry] = field(default_factory=dict)
 
     @classmethod
     def build(cls, allow: Iterable[Entry], deny: Iterable[Entry]) -> Policy:
@@ -149,7 +150,8 @@ class Policy:
             for target in entry.targets:
                 deny_index.add(target, entry)
         everywhere = tuple(entry for entry in deny if not entry.targets)
-        return cls(allow, deny, allow_index, deny_index, everywhere)
+        by_id = {entry.id: entry for entry in (*deny, *allow)}
+        return cls(allow, deny, allow_index, deny_index, everywhere, by_id)
 
     @property
     def uses_rdns(self) -> bool:
