@@ -92,6 +92,7 @@ class Config:
     session: SessionSettings = field(default_factory=SessionSettings)
     tls: TlsSettings | None = None
     auth: AuthSettings | None = None
+    user: str | None = None  # drop to this user after binding the ports
 
 
 def load_config(path: str | Path) -> Config:
@@ -217,6 +218,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         auth=AuthSettings(passwords_file=base_dir / auth_data["passwords_file"])
         if auth_data
         else None,
+        user=data.get("user"),
     )
 
 

@@ -53,3 +53,30 @@ def reply_for(outcome: Outcome) -> str:
 
 def reply_code(reply: str) -> int:
     return int(reply[:3])
+
+
+# Session replies of the SMTP listener (not ETRN outcomes). Codes per RFC 5321
+# §4.2 and §4.3.2, enhanced codes per RFC 3463; "{host}" is the server's name.
+GREETING_IDENT = "ESMTP etrn-bridge"  # "220 <host> ESMTP etrn-bridge" (RFC 5321 §4.2)
+# RFC 5321 §4.1.4: a session starts with EHLO/HELO; 503 is "bad sequence of commands".
+HELO_FIRST = "503 5.5.1 Send HELO or EHLO first"
+# RFC 5321 §4.2.4: 502 when a command is recognized but not implemented, 500 when
+# it is not recognized. MAIL, RCPT, DATA, BDAT, VRFY, EXPN, TURN and ATRN are all
+# SMTP commands this service refuses: 5yz, so a misdirected MTA bounces at once
+# instead of retrying, and X.5.1 "invalid command" (RFC 3463 §3.6).
+ONLY_ETRN = "502 5.5.1 Command not implemented: this service accepts only ETRN"
+UNRECOGNIZED = "500 5.5.1 Command unrecognized"
+# RFC 5321 §4.5.3.1.4 (512 octets per command line). X.5.2 "syntax error": X.5.6
+# is registered by RFC 4954 for over-long AUTH exchange lines only.
+LINE_TOO_LONG = "500 5.5.2 Line too long"
+# RFC 3207 §4: STARTTLS is not available again once TLS is active.
+TLS_ACTIVE = "503 5.5.1 TLS already active"
+# RFC 5321 §4.2.2: 451 "local error in processing"; never the error's own words.
+LOCAL_ERROR = "451 4.3.0 Local error in processing"
+# RFC 5321 §3.8 / §4.2.2: 421 closes the session. X.4.2 "bad connection" for the
+# idle timeout (§4.5.3.2.7), X.7.0 (security/policy) for abuse limits as Sendmail
+# says it, X.3.2 "system not accepting network messages" for shutdown.
+IDLE_TIMEOUT = "421 4.4.2 {host} Idle timeout, closing connection"
+TOO_MANY_ETRN = "421 4.7.0 {host} Too many ETRN commands, closing connection"
+TOO_MANY_BAD_COMMANDS = "421 4.7.0 {host} Too many bad commands, closing connection"
+SHUTTING_DOWN = "421 4.3.2 {host} Service shutting down, closing connection"

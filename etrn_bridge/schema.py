@@ -61,6 +61,12 @@ def config_schema() -> dict[str, Any]:
                 "minLength": 1,
                 "description": "Name in the greeting and EHLO reply (default: this host's FQDN).",
             },
+            "user": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Unprivileged user to switch to after binding the ports "
+                "(setgroups, setgid, setuid). Default: keep the starting user.",
+            },
             "backend": _backend_schema(),
             "audit": {
                 "type": "object",
