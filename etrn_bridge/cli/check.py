@@ -1,0 +1,46 @@
+"""``etrn-bridge check -c FILE``: every problem of a config file, or a summary of it."""
+
+from __future__ import annotations
+
+import argparse
+
+from etrn_bridge.config import Config, ConfigError, load_config
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "check", help="validate a config file; list every problem with file:line:column"
+    )
+    parser.add_argument("-c", "--config", required=True, help="the YAML config file")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        count = len(exc.problems)
+        print(f"{args.config}: {count} error{'s' if count != 1 else ''}")
+        return 1
+    print(summary(config))
+    return 0
+
+
+def summary(config: Config) -> str:
+    counts = config.policy.summary()
+    limits = config.limits
+    return "\n".join(
+        [
+            f"{config.path}: OK",
+            f"  listen:   {', '.join(str(address) for address in config.listen)}",
+            f"  backend:  {config.backend.get('type')}",
+            f"  policy:   {counts['clients']} clients entries, {counts['deny']} deny entries, "
+            f"{counts['targets']} targets, {counts['networks']} networks, "
+            f"{counts['users']} users, {counts['tls_fingerprints']} TLS fingerprints",
+            f"  limits:   per_target {limits.per_target or 'off'}, "
+            f"per_client {limits.per_client or 'off'}, "
+            f"max_concurrent_flushes {limits.max_concurrent_flushes}",
+        ]
+    )
