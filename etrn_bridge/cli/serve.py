@@ -77,9 +77,10 @@ class Runtime:
 
 
 def on_sighup(runtime: Runtime) -> None:
-    """SIGHUP: re-open the audit file after rotation."""
+    """SIGHUP: re-open the audit file after rotation, then re-read the config's policy."""
     runtime.audit.reopen()
     log.info("SIGHUP: audit file re-opened")
+    runtime.service.reload_from(runtime.config.path)
 
 
 async def serve(config: Config) -> int:
