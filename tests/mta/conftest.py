@@ -1,0 +1,84 @@
+"""Real Postfix, Exim and Sendmail (tests/mta/lab), started once per session.
+
+Skipped, with the reason, when not root or when the lab is not installed
+(``bash tests/mta/lab/all.sh install``). The session rebuilds the lab configs
+from the deployment kits (``all.sh configure``) before starting, so the tests
+always run against what postfix/, exim/ and sendmail/ say today.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mtalab import LAB_DIR, MTA_LAB, MTAS, LabMta, lab_env
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "real-MTA tests need root (the lab runs Postfix/Exim/Sendmail as root)"
+    missing = [m for m in MTAS if not (MTA_LAB / m / "bin").is_dir()]
+    if missing:
+        return (
+            f"MTA lab not installed in {MTA_LAB} ({', '.join(missing)} missing): "
+            "run 'bash tests/mta/lab/all.sh install' as root"
+        )
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _skip_reason()
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.mta)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[dict[str, LabMta]]:
+    """All three MTAs running, configured from the kits; stopped at the end."""
+    all_sh = ["bash", str(LAB_DIR / "all.sh")]
+    subprocess.run([*all_sh, "stop"], capture_output=True, check=False)
+    subprocess.run([*all_sh, "configure"], capture_output=True, check=True)
+    subprocess.run([*all_sh, "start"], capture_output=True, check=True)
+    envs = {name: lab_env(name) for name in MTAS}
+    mtas = {
+        "postfix": LabMta(
+            "postfix",
+            int(envs["postfix"]["POSTFIX_PORT"]),
+            "postqueue",
+            envs["postfix"]["POSTQUEUE"],
+            Path(envs["postfix"]["POSTFIX_SINK_DIR"]),
+        ),
+        "exim": LabMta(
+            "exim",
+            int(envs["exim"]["EXIM_PORT"]),
+            "exim",
+            envs["exim"]["EXIM"],
+            Path(envs["exim"]["EXIM_SINK_DIR"]),
+        ),
+        "sendmail": LabMta(
+            "sendmail",
+            int(envs["sendmail"]["SENDMAIL_PORT"]),
+            "sendmail",
+            envs["sendmail"]["SENDMAIL"],
+            Path(envs["sendmail"]["SENDMAIL_SINK_DIR"]),
+        ),
+    }
+    yield mtas
+    for mta in mtas.values():
+        mta.script("clear-queue")
+    subprocess.run([*all_sh, "stop"], capture_output=True, check=False)
+
+
+@pytest.fixture(params=MTAS)
+def mta(request: pytest.FixtureRequest, lab: dict[str, LabMta]) -> LabMta:
+    """Each MTA in turn, with an empty queue and the sink up."""
+    chosen = lab[request.param]
+    chosen.reset()
+    return chosen

@@ -1,0 +1,154 @@
+"""The lab's MTAs as seen by the tests: ports, programs, sink, queueing mail.
+
+Shared by the real-MTA tests and their conftest (tests/mta/lab has the scripts).
+"""
+
+from __future__ import annotations
+
+import email.policy
+import os
+import smtplib
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+from etrn_bridge.backends.base import Backend, create_backend
+from etrn_bridge.backends.exim import parse_exim_bp
+from etrn_bridge.backends.postfix import parse_postqueue_json
+from etrn_bridge.backends.sendmail import parse_sendmail_bp
+
+LAB_DIR = Path(__file__).parent / "lab"
+MTA_LAB = Path(os.environ.get("ETRN_BRIDGE_MTA_LAB", "/opt/mta-lab"))
+MTAS = ("postfix", "exim", "sendmail")
+
+# The mail every scenario queues: one message per recipient. Only the first two
+# are "customer.test"; the rest are the traps of a substring match.
+RECIPIENTS = (
+    "user@customer.test",
+    "USER@CUSTOMER.TEST",
+    "user@mycustomer.test",
+    "user@customer.test.evil",
+    "user@sub.customer.test",
+    "customer.test@noflush.test",
+)
+NODE = {"user@customer.test", "USER@CUSTOMER.TEST"}
+SUBTREE = NODE | {"user@sub.customer.test"}
+# How long "nothing else arrives" is watched after the expected mail came.
+QUIET_PERIOD = 1.0
+
+
+@dataclass
+class LabMta:
+    """One MTA of the lab: its ports, programs, sink, and how to queue mail for it."""
+
+    name: str
+    smtp_port: int
+    program_option: str
+    program: str
+    sink_dir: Path
+    sent: dict[str, bytes] = field(default_factory=dict)  # recipient -> body sent
+
+    @property
+    def backend_options(self) -> dict[str, object]:
+        return {"type": self.name, self.program_option: self.program}
+
+    def backend(self, **options: object) -> Backend:
+        return create_backend({**self.backend_options, **options})
+
+    def script(self, *args: str) -> str:
+        done = subprocess.run(
+            ["bash", str(LAB_DIR / f"{self.name}.sh"), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout
+
+    def reset(self) -> None:
+        """Sink up, queue empty, nothing received: every test starts here."""
+        self.script("clear-queue")
+        self.script("sink-start")
+        self.sent.clear()
+
+    def inject(self, recipients: tuple[str, ...] = RECIPIENTS) -> None:
+        """Queue one message per recipient over SMTP; the kits keep them queued."""
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, local_hostname="client.test") as smtp:
+            for rcpt in recipients:
+                message = EmailMessage()
+                message["From"] = "sender@client.test"
+                message["To"] = rcpt
+                message["Subject"] = f"etrn-bridge test {rcpt}"
+                message.set_content(f"for {rcpt}\nnonce {uuid.uuid4()}\n")
+                # CRLF everywhere: Sendmail 8.17 drops a connection on a bare LF.
+                data = message.as_bytes(policy=email.policy.SMTP)
+                smtp.sendmail("sender@client.test", [rcpt], data)
+                self.sent[rcpt] = body_of(data)
+        self.wait_queued(len(recipients))
+
+    def listing(self) -> list[tuple[str, tuple[str, ...], str | None]]:
+        if self.name == "postfix":
+            out = run([self.program, "-j"])
+            return [(m.queue_id, m.recipients, m.queue) for m in parse_postqueue_json(out)]
+        if self.name == "exim":
+            return [
+                (m.queue_id, m.recipients, "queued")
+                for m in parse_exim_bp(run([self.program, "-bp"]))
+            ]
+        out = run([self.program, "-bp"])
+        return [(m.queue_id, m.recipients, "queued") for m in parse_sendmail_bp(out)]
+
+    def wait_queued(self, count: int, timeout: float = 15) -> None:
+        # Postfix: deferred, not just arrived (a flush moves deferred mail).
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            listed = self.listing()
+            if len(listed) == count and all(q in ("deferred", "queued") for *_, q in listed):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: {count} messages not queued: {self.listing()}")
+
+    def queued_recipients(self) -> set[str]:
+        return {rcpt for _, rcpts, _ in self.listing() for rcpt in rcpts}
+
+    def received(self) -> dict[str, bytes]:
+        """Envelope recipient -> body, of every message at the sink."""
+        found: dict[str, bytes] = {}
+        for path in sorted(self.sink_dir.glob("*.eml")):
+            raw = path.read_bytes()
+            envelope, data = _split_sink(raw)
+            for rcpt in envelope:
+                found[rcpt] = body_of(data)
+        return found
+
+    def wait_received(self, expected: set[str], timeout: float = 20) -> dict[str, bytes]:
+        """Wait for exactly ``expected`` at the sink, then watch a while for extras."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not expected <= set(self.received()):
+            time.sleep(0.05)
+        time.sleep(QUIET_PERIOD)
+        return self.received()
+
+
+def _split_sink(raw: bytes) -> tuple[list[str], bytes]:
+    # sink.py writes "X-Sink-Mail-From: <a>" and "X-Sink-Rcpt-To: <b>, <c>" first.
+    lines = raw.split(b"\r\n", 2)
+    rcpts = lines[1].decode().removeprefix("X-Sink-Rcpt-To: ")
+    return [r.strip().strip("<>") for r in rcpts.split(",")], lines[2]
+
+
+def body_of(data: bytes) -> bytes:
+    return data.partition(b"\r\n\r\n")[2]
+
+
+def run(argv: list[str]) -> bytes:
+    return subprocess.run(argv, capture_output=True, check=True).stdout
+
+
+def lab_env(name: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["bash", str(LAB_DIR / f"{name}.sh"), "env"], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
