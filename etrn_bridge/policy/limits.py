@@ -96,8 +96,8 @@ def _rate_setting(
     section: Mapping[str, Any], key: str, default: str, problem: RateProblem
 ) -> Rate | None:
     text = section.get(key, default)
-    if not isinstance(text, str):
-        return parse_rate(default)  # the schema reported the type
+    if not isinstance(text, str) or not re.match(RATE_PATTERN, text):
+        return parse_rate(default)  # the schema reported the shape
     try:
         return parse_rate(text)
     except ValueError as exc:
