@@ -170,7 +170,7 @@ async def test_exim_and_sendmail_deliver_without_their_daemon(
     mta = lab[name]
     mta.reset()
     mta.inject()
-    subprocess.run(["bash", f"tests/mta/lab/{name}.sh", "stop"], check=True)
+    mta.script("stop")
     mta.script("sink-start")  # stop also stops the sink
     try:
         result = await flush(mta, "customer.test")
