@@ -71,15 +71,29 @@ def config_schema() -> dict[str, Any]:
             "audit": {
                 "type": "object",
                 "additionalProperties": False,
+                "description": "Where the record of every request goes.",
                 "properties": {
-                    "file": {"type": "string", "description": "JSON-lines audit file."},
-                    "syslog": {"type": "boolean", "default": False},
-                    "syslog_address": {"type": "string", "default": defaults.SYSLOG_ADDRESS},
+                    "file": {
+                        "type": "string",
+                        "description": "JSON-lines audit file, relative to the config file's "
+                        "directory; re-opened on SIGHUP (log rotation). Default: none.",
+                    },
+                    "syslog": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "Also send each record to syslog (facility mail).",
+                    },
+                    "syslog_address": {
+                        "type": "string",
+                        "default": defaults.SYSLOG_ADDRESS,
+                        "description": "Syslog socket.",
+                    },
                 },
             },
             "tls": {
                 "type": "object",
                 "additionalProperties": False,
+                "description": "STARTTLS for the listener (required for AUTH).",
                 "required": ["cert", "key"],
                 "properties": {
                     "cert": {"type": "string", "description": "PEM certificate chain."},
@@ -94,6 +108,7 @@ def config_schema() -> dict[str, Any]:
             "auth": {
                 "type": "object",
                 "additionalProperties": False,
+                "description": "SMTP AUTH (after STARTTLS); identities for policy users.",
                 "required": ["passwords_file"],
                 "properties": {
                     "passwords_file": {
@@ -105,24 +120,29 @@ def config_schema() -> dict[str, Any]:
             "session": {
                 "type": "object",
                 "additionalProperties": False,
+                "description": "Limits of one SMTP session.",
                 "properties": {
                     "idle_timeout": {
                         "type": "number",
+                        "description": "Seconds a client may stay silent before 421.",
                         "exclusiveMinimum": 0,
                         "default": defaults.IDLE_TIMEOUT,
                     },
                     "max_line_length": {
                         "type": "integer",
+                        "description": "Longest command line accepted, CRLF included.",
                         "minimum": 64,
                         "default": defaults.MAX_COMMAND_LINE,
                     },
                     "max_etrn": {
                         "type": "integer",
+                        "description": "ETRN commands one session may send before 421.",
                         "minimum": 1,
                         "default": defaults.MAX_ETRN_PER_SESSION,
                     },
                     "max_bad_commands": {
                         "type": "integer",
+                        "description": "Unknown or refused commands before 421.",
                         "minimum": 1,
                         "default": defaults.MAX_BAD_COMMANDS,
                     },

@@ -25,13 +25,9 @@ def _strings(description: str) -> dict[str, Any]:
     }
 
 
-def _rate(description: str, default: str) -> dict[str, Any]:
-    return {
-        "type": "string",
-        "pattern": RATE_PATTERN,
-        "default": default,
-        "description": description,
-    }
+def _rate(description: str, default: str | None = None) -> dict[str, Any]:
+    schema = {"type": "string", "pattern": RATE_PATTERN, "description": description}
+    return schema if default is None else {**schema, "default": default}
 
 
 PER_TARGET_DESCRIPTION = (
@@ -48,8 +44,8 @@ ENTRY_LIMITS_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "description": "Overrides of the global limits for requests this entry allows.",
     "properties": {
-        "per_target": _rate(PER_TARGET_DESCRIPTION, "(global)"),
-        "per_client": _rate(PER_CLIENT_DESCRIPTION, "(global)"),
+        "per_target": _rate(PER_TARGET_DESCRIPTION + " Default: limits.per_target."),
+        "per_client": _rate(PER_CLIENT_DESCRIPTION + " Default: limits.per_client."),
     },
 }
 
@@ -94,8 +90,18 @@ POLICY_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "description": "Who may flush what. Anything not allowed is refused with 459.",
     "properties": {
-        "clients": {"type": "array", "items": CLIENT_ENTRY_SCHEMA, "default": []},
-        "deny": {"type": "array", "items": DENY_ENTRY_SCHEMA, "default": []},
+        "clients": {
+            "type": "array",
+            "items": CLIENT_ENTRY_SCHEMA,
+            "default": [],
+            "description": CLIENT_ENTRY_SCHEMA["description"] + " The first match decides.",
+        },
+        "deny": {
+            "type": "array",
+            "items": DENY_ENTRY_SCHEMA,
+            "default": [],
+            "description": DENY_ENTRY_SCHEMA["description"],
+        },
     },
 }
 
