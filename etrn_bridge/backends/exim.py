@@ -18,11 +18,25 @@ Facts (measured on Exim 4.96, tests/mta/lab/README.md §4-5):
 from __future__ import annotations
 
 import asyncio
+import grp
+import os
+import pwd
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from etrn_bridge.backends.mta import ListingError, MtaBackend, QueuedMessage, chunks, failure
+from etrn_bridge.backends.mta import (
+    Finding,
+    Level,
+    ListingError,
+    MtaBackend,
+    QueuedMessage,
+    chunks,
+    failure,
+    list_items,
+    settings,
+)
+from etrn_bridge.backends.process import ProgramResult
 from etrn_bridge.request import FlushResult
 from etrn_bridge.target import Target, TargetKind
 
@@ -107,3 +121,46 @@ class EximBackend(MtaBackend):
         if failed is not None:
             return failure(failed)
         return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)
+
+    async def version(self) -> ProgramResult:
+        return await self.run("-bV")
+
+    async def check_setup(self, user: str, targets: list[Target]) -> list[Finding]:
+        result = await self.run(
+            "-bP", "admin_groups", "prod_requires_admin", "exim_user", "acl_smtp_etrn"
+        )
+        if not result.ok:
+            return [Finding(Level.FIX, f"exim -bP does not run: {result.detail()}")]
+        conf = settings(result)
+        findings = []
+        # Exim spec "-M": admin users are root, the Exim user, and members of
+        # admin_groups (or anyone, with prod_requires_admin = false).
+        admins = set(list_items(conf.get("admin_groups", "")))
+        if user in ("root", conf.get("exim_user")) or conf.get("prod_requires_admin") == "false":
+            findings.append(Finding(Level.OK, f"{user} may force deliveries (exim -M)"))
+        elif admins & user_groups(user):
+            findings.append(Finding(Level.OK, f"{user} is in admin_groups"))
+        else:
+            findings.append(
+                Finding(
+                    Level.FIX,
+                    f"add a group of {user} to admin_groups in the Exim configuration "
+                    "(exim -M and -bp need an admin user), or use command_prefix: [sudo, -n]",
+                )
+            )
+        if conf.get("acl_smtp_etrn"):
+            findings.append(
+                Finding(
+                    Level.ADVICE,
+                    "remove acl_smtp_etrn: Exim's own ETRN runs exim -R, a substring match",
+                )
+            )
+        return findings
+
+
+def user_groups(user: str) -> set[str]:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return set()
+    return {grp.getgrgid(gid).gr_name for gid in os.getgrouplist(user, entry.pw_gid)}

@@ -9,6 +9,9 @@ module owns the steps; a subclass owns only the MTA's argv and output format.
 from __future__ import annotations
 
 import asyncio
+import enum
+import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -135,6 +138,41 @@ def _schema(program_option: str, default_program: str, extra: Mapping[str, Any])
     return {"type": "object", "properties": properties, "additionalProperties": False}
 
 
+# -- doctor: is this MTA ready for the bridge? ------------------------------------------
+
+
+class Level(enum.Enum):
+    OK = "ok"
+    FIX = "fix"  # the bridge cannot flush until this is changed
+    ADVICE = "advice"  # it works, but should be changed
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: Level
+    text: str
+
+
+def settings(result: ProgramResult) -> dict[str, str]:
+    """``name = value`` lines (postconf -x, exim -bP); Exim prints a true
+    boolean as ``name`` and a false one as ``no_name``."""
+    values: dict[str, str] = {}
+    for line in result.stdout.decode("utf-8", "replace").splitlines():
+        name, equals, value = line.partition("=")
+        if equals:
+            values[name.strip()] = value.strip()
+        elif line.strip().startswith("no_"):
+            values[line.strip()[3:]] = "false"
+        elif line.strip():
+            values[line.strip()] = "true"
+    return values
+
+
+def list_items(value: str) -> list[str]:
+    """A list-valued setting: Postfix separates by commas/blanks, Exim by colons."""
+    return [item for item in re.split(r"[\s,:]+", value) if item]
+
+
 class MtaBackend(ABC):
     """List, select exactly, flush exactly. Subclasses give the argv and the parser."""
 
@@ -173,11 +211,14 @@ class MtaBackend(ABC):
         return [*self.command_prefix, self.program, *self.args, *arguments]
 
     async def run(self, *arguments: str, timeout: float | None = None) -> ProgramResult:
+        return await self.run_argv(self.command(*arguments), timeout)
+
+    async def run_argv(self, argv: Sequence[str], timeout: float | None = None) -> ProgramResult:
         # Created lazily: a Semaphore made outside the serving loop would bind to no loop.
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrent)
         async with self._slots:
-            return await run_program(self.command(*arguments), timeout or self.timeout)
+            return await run_program(argv, timeout or self.timeout)
 
     # -- what a subclass provides -------------------------------------------------
 
@@ -232,3 +273,34 @@ class MtaBackend(ABC):
         """Run several commands (bounded by max_concurrent); the first failure, or None."""
         results = await asyncio.gather(*(self.run(*argv, timeout=timeout) for argv in argvs))
         return next((result for result in results if not result.ok), None)
+
+    # -- etrn-bridge doctor ------------------------------------------------------------
+
+    async def run_sibling(self, program: str, *arguments: str) -> ProgramResult:
+        """Run another program of the same install (postconf beside postqueue)."""
+        path = os.path.join(os.path.dirname(self.program), program)
+        return await self.run_argv([*self.command_prefix, path, *self.args, *arguments])
+
+    @abstractmethod
+    async def version(self) -> ProgramResult:
+        """Run the MTA's version command; its first output line is shown."""
+
+    async def diagnose(self, user: str, targets: Iterable[Target]) -> list[Finding]:
+        findings: list[Finding] = []
+        version = await self.version()
+        if not version.ok:
+            return [Finding(Level.FIX, f"{self.program} does not run: {version.detail()}")]
+        first_line = version.stdout.decode("utf-8", "replace").strip().splitlines()[:1]
+        findings.append(Finding(Level.OK, f"{self.name}: {' '.join(first_line) or 'runs'}"))
+        try:
+            listed = await self.list_queue(Target(TargetKind.NODE, "doctor.invalid"))
+        except ListingError as exc:
+            findings.append(Finding(Level.FIX, f"cannot list the queue as {user}: {exc.reason}"))
+        else:
+            findings.append(Finding(Level.OK, f"queue listing works ({len(listed)} queued)"))
+        findings.extend(await self.check_setup(user, list(targets)))
+        return findings
+
+    @abstractmethod
+    async def check_setup(self, user: str, targets: list[Target]) -> list[Finding]:
+        """May ``user`` flush, and is the MTA's own ETRN off."""

@@ -22,11 +22,16 @@ from typing import Any, ClassVar
 from etrn_bridge.backends.base import BackendOptionError
 from etrn_bridge.backends.mta import (
     DomainPredicate,
+    Finding,
+    Level,
     ListingError,
     MtaBackend,
     QueuedMessage,
     failure,
+    list_items,
+    settings,
 )
+from etrn_bridge.backends.process import ProgramResult
 from etrn_bridge.request import FlushResult
 from etrn_bridge.target import Target, TargetError, TargetKind, parse_domain
 
@@ -34,6 +39,8 @@ from etrn_bridge.target import Target, TargetError, TargetKind, parse_domain
 HELD_QUEUE = "hold"
 # postqueue.c flush_site(): the domain is not in fast_flush_domains.
 NOT_ELIGIBLE_MARKER = "Flush service is not configured"
+# postconf(5) authorized_flush_users: "always granted" to these, whatever the list says.
+ALWAYS_MAY_FLUSH = "root"
 
 
 def parse_postqueue_json(output: bytes) -> list[QueuedMessage]:
@@ -112,3 +119,80 @@ class PostfixBackend(MtaBackend):
         if failed is not None:
             return failure(failed)
         return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)
+
+    async def version(self) -> ProgramResult:
+        return await self.run_sibling("postconf", "-h", "mail_version")
+
+    async def check_setup(self, user: str, targets: list[Target]) -> list[Finding]:
+        result = await self.run_sibling(
+            "postconf",
+            "-x",
+            "authorized_flush_users",
+            "smtpd_etrn_restrictions",
+            "fast_flush_domains",
+            "parent_domain_matches_subdomains",
+            "mail_owner",
+        )
+        if not result.ok:
+            return [Finding(Level.FIX, f"postconf does not run: {result.detail()}")]
+        conf = settings(result)
+        findings = [self._flush_permission(user, conf)]
+        if "reject" not in list_items(conf.get("smtpd_etrn_restrictions", "")):
+            findings.append(
+                Finding(
+                    Level.ADVICE,
+                    "set 'smtpd_etrn_restrictions = reject' in main.cf: Postfix's own ETRN "
+                    "flushes without the bridge's policy and audit",
+                )
+            )
+        findings.extend(self._fast_flush_coverage(targets, conf))
+        return findings
+
+    def _flush_permission(self, user: str, conf: dict[str, str]) -> Finding:
+        allowed = list_items(conf.get("authorized_flush_users", ""))
+        if user in (ALWAYS_MAY_FLUSH, conf.get("mail_owner")):
+            return Finding(Level.OK, f"{user} may always flush (postconf authorized_flush_users)")
+        if "static" in allowed and ("anyone" in allowed or user in allowed):
+            return Finding(
+                Level.OK,
+                f"{user} may flush: authorized_flush_users = {conf['authorized_flush_users']}",
+            )
+        return Finding(
+            Level.FIX,
+            f"add 'static:{user}' to authorized_flush_users in main.cf "
+            f"(now: {conf.get('authorized_flush_users', '')!r})",
+        )
+
+    def _fast_flush_coverage(self, targets: list[Target], conf: dict[str, str]) -> list[Finding]:
+        listed = [item.lower() for item in list_items(conf.get("fast_flush_domains", ""))]
+        if any("/" in item for item in listed):
+            return [Finding(Level.ADVICE, "fast_flush_domains uses a table: coverage not checked")]
+        parents = "fast_flush_domains" in conf.get("parent_domain_matches_subdomains", "")
+        missing = [
+            target.name
+            for target in targets
+            if target.kind is TargetKind.NODE
+            and not fast_flush_eligible(target.name, listed, parents)
+        ]
+        if not missing:
+            return [Finding(Level.OK, "every policy domain is in fast_flush_domains")]
+        return [
+            Finding(
+                Level.ADVICE,
+                f"add {name} to fast_flush_domains: without it each ETRN runs "
+                "postqueue -i once per message instead of one postqueue -s",
+            )
+            for name in missing
+        ]
+
+
+def fast_flush_eligible(domain: str, listed: list[str], parents: bool) -> bool:
+    """Postfix's domain-list match: ".d" means subdomains of d; "d" also
+    matches them when parent_domain_matches_subdomains lists fast_flush_domains."""
+    for item in listed:
+        if item.startswith("."):
+            if domain.endswith(item):
+                return True
+        elif domain == item or (parents and domain.endswith("." + item)):
+            return True
+    return False

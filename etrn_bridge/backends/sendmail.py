@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 
 from etrn_bridge.backends.mta import (
+    Finding,
+    Level,
     ListingError,
     MtaBackend,
     QueuedMessage,
@@ -24,6 +26,7 @@ from etrn_bridge.backends.mta import (
     chunks,
     failure,
 )
+from etrn_bridge.backends.process import ProgramResult
 from etrn_bridge.request import FlushResult
 from etrn_bridge.target import Target, TargetKind
 
@@ -33,6 +36,9 @@ from etrn_bridge.target import Target, TargetKind
 _MESSAGE_LINE = re.compile(r"^(?P<id>[0-9A-Za-z]+)[*X-]?\s+\d+\s")
 _RECIPIENT = re.compile(r"^<?(?P<address>[^\s<>()]*@[^\s<>()]+)>?$")
 _UNKNOWN_GROUP = re.compile(rb"^Queue group \S+ unknown", re.MULTILINE)
+# Debian's sendmail-bin (and Sendmail's compiled-in _PATH_SENDMAILCF).
+DEFAULT_CF = "/etc/mail/sendmail.cf"
+_PRIVACY_OPTIONS = re.compile(r"^O PrivacyOptions\s*=\s*(.*)$", re.MULTILINE)
 
 
 def parse_sendmail_bp(output: bytes) -> list[QueuedMessage]:
@@ -86,3 +92,41 @@ class SendmailBackend(MtaBackend):
         if failed is not None:
             return failure(failed)
         return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)
+
+    async def version(self) -> ProgramResult:
+        # -d0.1 prints "Version 8.x" first; -bt reads no rules from /dev/null.
+        return await self.run("-d0.1", "-bt")
+
+    def config_file(self) -> str:
+        args = list(self.args)
+        return args[args.index("-C") + 1] if "-C" in args[:-1] else DEFAULT_CF
+
+    async def check_setup(self, user: str, targets: list[Target]) -> list[Finding]:
+        path = self.config_file()
+        try:
+            with open(path, encoding="utf-8", errors="replace") as cf:
+                match = _PRIVACY_OPTIONS.search(cf.read())
+        except OSError as exc:
+            return [Finding(Level.ADVICE, f"cannot read {path} ({exc.strerror}): not checked")]
+        privacy = {o.strip() for o in (match.group(1) if match else "").split(",")}
+        findings = []
+        if user == "root":
+            findings.append(Finding(Level.OK, "root may run queue runs (sendmail -qI)"))
+        else:
+            findings.append(
+                Finding(
+                    Level.FIX,
+                    f"Sendmail runs queues only for root (queue directory 0700"
+                    f"{', restrictqrun' if 'restrictqrun' in privacy else ''}): "
+                    "use command_prefix: [sudo, -n] and a sudoers line (sendmail/README.md)",
+                )
+            )
+        if "noetrn" not in privacy:
+            findings.append(
+                Finding(
+                    Level.ADVICE,
+                    f"add noetrn to PrivacyOptions in {path}: Sendmail's own ETRN "
+                    "flushes by substring (-qR@domain)",
+                )
+            )
+        return findings

@@ -1,0 +1,86 @@
+"""``etrn-bridge flush -c FILE TARGET [--dry-run]``: one flush, as an admin would run it.
+
+The same backend and exact selection as the listener, without the policy: the
+caller is the administrator. ``--dry-run`` lists the queue ids it would flush.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from etrn_bridge.backends.base import Backend, BackendOptionError, create_backend
+from etrn_bridge.backends.mta import ListingError, MtaBackend, UnknownQueue
+from etrn_bridge.config import ConfigError, load_config
+from etrn_bridge.request import FlushResult
+from etrn_bridge.target import Target, TargetError, parse_target
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "flush", help="flush exactly one target with the configured backend (no policy)"
+    )
+    parser.add_argument("-c", "--config", required=True, help="the YAML config file")
+    parser.add_argument("target", help="node, @node (with subdomains) or #queue")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the queue ids that would be flushed"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        target = parse_target(args.target)
+    except TargetError as exc:
+        print(f"{args.target!r}: {exc.reason}")
+        return 2
+    try:
+        backend = create_backend(load_config(args.config).backend)
+    except ConfigError as exc:
+        print("\n".join(str(problem) for problem in exc.problems))
+        return 1
+    except BackendOptionError as exc:
+        print(f"{args.config}: backend.{exc.key or ''}: {exc.message}")
+        return 1
+    if args.dry_run:
+        return asyncio.run(dry_run(backend, target))
+    return asyncio.run(flush(backend, target))
+
+
+async def dry_run(backend: Backend, target: Target) -> int:
+    if not isinstance(backend, MtaBackend):
+        print(f"{target}: the {backend.name} backend cannot list a queue")
+        return 1
+    try:
+        ids = await backend.selected(target)
+    except (ListingError, UnknownQueue) as exc:
+        print(f"{target}: cannot list the queue: {exc}")
+        return 1
+    if ids is None:
+        print(f"{target}: not supported by the {backend.name} backend")
+        return 1
+    for queue_id in ids:
+        print(queue_id)
+    print(f"{target}: {len(ids)} message(s) would be flushed")
+    return 0
+
+
+async def flush(backend: Backend, target: Target) -> int:
+    result = await backend.flush(target)
+    print(describe(target, result))
+    if result.completion is not None:
+        result = await result.completion  # an admin waits for Exim's foreground delivery
+        print(f"{target}: delivery run ended: {describe(target, result)}")
+    return 0 if result.started else 1
+
+
+def describe(target: Target, result: FlushResult) -> str:
+    if result.unsupported:
+        return f"{target}: not supported ({result.detail})"
+    if not result.started:
+        return f"{target}: FAILED (exit {result.exit_status}): {result.detail}"
+    if result.pending == 0:
+        return f"{target}: no messages waiting"
+    ids = " ".join(result.queue_ids)
+    count = "unknown number of" if result.pending is None else str(result.pending)
+    return f"{target}: flush started for {count} message(s) {ids}".rstrip()
