@@ -4,8 +4,11 @@ and sessions already open keep the policy they started with."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bridgekit import BASE_CONFIG, Bridge, merge_config, write_config
@@ -86,3 +89,19 @@ def test_session_in_flight_keeps_the_policy_it_started_with(
     assert before.command("ETRN other.example").code == 459
     assert after.command("ETRN customer.example").code == 459
     assert after.command("ETRN other.example").code == 250
+
+
+def test_serve_never_starts_on_an_invalid_file(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "listen: ['127.0.0.1:0']\npolicy: {clients: [{id: open, targets: [a.example]}]}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "etrn_bridge", "serve", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"{config}:2:20: policy.clients[0]: dangerous" in result.stderr
