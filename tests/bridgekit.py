@@ -3,10 +3,11 @@
 The fixtures in ``conftest.py`` hand these out; tests import the types from
 here (``from bridgekit import Bridge``). ``launch_bridge(dir, config)`` writes
 ``config`` (a dict merged over :data:`BASE_CONFIG`; lists are replaced,
-mappings merged) as YAML into the test's tmp_path, runs ``python -m etrn_bridge serve -c FILE`` and waits for
-its ready line. The returned :class:`Bridge` knows its addresses, reads the
-audit JSON lines, opens SMTP clients and stops the process (SIGTERM) at the
-end of the test. Only loopback addresses are ever used.
+mappings merged) as YAML into the test's tmp_path, runs
+``python -m etrn_bridge serve -c FILE`` and waits for its ready line. The
+returned :class:`Bridge` knows its addresses, reads the audit JSON lines,
+opens SMTP clients and stops the process (SIGTERM) at the end of the test.
+Only loopback addresses are ever used.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, syntax
 
@@ -74,7 +74,7 @@ def _defer_verification(
     return AuthResult(success=False, handled=False, auth_data=credentials)
 
 
-class EtrnSession(SMTP):  # type: ignore[misc]
+class EtrnSession(SMTP):
     """One client connection."""
 
     def __init__(self, listener: Listener) -> None:
@@ -109,11 +109,14 @@ class EtrnSession(SMTP):  # type: ignore[misc]
         self.busy = False  # inside an ETRN: shutdown waits for its reply
         self.closed_because = "quit"
         self.tls_fingerprint: str | None = None
+        self._peer = ListenAddress("-", 0)  # the client, known in connection_made
 
     # Connection life cycle ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # not the STARTTLS re-entry
+            host, port = transport.get_extra_info("peername")[:2]
+            self._peer = ListenAddress(host, port)
             self.listener.sessions.add(self)
             self.closed_because = "client"
         super().connection_made(transport)
@@ -124,11 +127,10 @@ class EtrnSession(SMTP):  # type: ignore[misc]
         self._log_end()
 
     def _log_end(self) -> None:
-        peer = self.session.peer if self.session else None
         log.info(
             "session=%s client=%s helo=%s tls=%s auth=%s etrn=%d bad=%d end=%s seconds=%.3f",
             self.session_id,
-            str(ListenAddress(peer[0], peer[1])) if peer else "-",
+            self._peer,
             self.session.host_name if self.session else None,
             "yes" if self._tls_protocol else "no",
             self._auth_user() or "-",
@@ -158,7 +160,7 @@ class EtrnSession(SMTP):  # type: ignore[misc]
         if not self.busy:
             self.close_with(replies.SHUTTING_DOWN, "shutdown")
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
             status = _AIOSMTPD_REPLIES.get(status, status)
         await super().push(status)
@@ -180,9 +182,10 @@ class EtrnSession(SMTP):  # type: ignore[misc]
         if not hostname:
             await self.push(EHLO_SYNTAX)
             return
-        self._set_rset_state()
-        self.session.extended_smtp = True
-        self.session.host_name = hostname
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        session = self._smtp_session()
+        session.extended_smtp = True
+        session.host_name = hostname
         keywords = ["ETRN"]  # RFC 1985 §2; clients send ETRN only when they see it
         if self.tls_context and not self._tls_protocol:
             keywords.append("STARTTLS")  # RFC 3207
@@ -195,7 +198,8 @@ class EtrnSession(SMTP):  # type: ignore[misc]
     @syntax("ETRN [@|#]node")
     async def smtp_ETRN(self, argument: str | None) -> None:
         # No "ETRN inside a mail transaction" (503) case: MAIL is never accepted.
-        if not self.session.host_name:
+        session = self._smtp_session()
+        if not session.host_name:
             await self.push(replies.HELO_FIRST)
             return
         self.etrn_count += 1
@@ -204,9 +208,9 @@ class EtrnSession(SMTP):  # type: ignore[misc]
             return
         request = Request(
             identity=Identity(
-                address=self.session.peer[0],
-                port=self.session.peer[1],
-                helo=self.session.host_name,
+                address=self._peer.host,
+                port=self._peer.port,
+                helo=session.host_name,
                 auth_user=self._auth_user(),
                 tls=self._tls_protocol is not None,
                 tls_fingerprint=self.tls_fingerprint,
@@ -216,7 +220,8 @@ class EtrnSession(SMTP):  # type: ignore[misc]
             frontend=FRONTEND,
         )
         # The idle timer measures the client, not a slow flush.
-        self._timeout_handle.cancel()
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
         self.busy = True
         try:
             outcome = await self.policy.handle(request)
@@ -271,8 +276,13 @@ class EtrnSession(SMTP):  # type: ignore[misc]
     def _auth_user(self) -> str | None:
         if self.session is None or not self.session.authenticated:
             return None
-        user: str = self.session.auth_data
-        return user
+        return cast(str, self.session.auth_data)
+
+    def _smtp_session(self) -> Session:
+        # aiosmtpd sets it in connection_made, before any command runs. (A method,
+        # not a property: aiosmtpd's __init__ evaluates every attribute.)
+        assert self.session is not None
+        return self.session
 
 
 class Listener:
@@ -332,4 +342,4 @@ class Listener:
             await asyncio.wait_for(self._all_ended.wait(), grace)
         for session in list(self.sessions):
             if session.transport is not None:
-                session.transport.abort()
+                cast(asyncio.Transport, session.transport).abort()

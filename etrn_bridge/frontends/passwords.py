@@ -44,7 +44,7 @@ class PasswordFileError(ValueError):
 def hash_password(password: str, scheme: str = "scrypt") -> str:
     """A new self-describing hash of ``password``."""
     if scheme == "argon2":
-        return _argon2_hasher().hash(password)
+        return str(_argon2_hasher().hash(password))
     if scheme != "scrypt":
         raise ValueError(f"unknown password scheme {scheme!r}")
     salt = os.urandom(SCRYPT_SALT_BYTES)
@@ -107,8 +107,8 @@ class PasswordFile:
         except (OSError, UnicodeDecodeError) as exc:
             raise PasswordFileError(f"{path}: cannot read: {exc}") from None
         hashes: dict[str, str] = {}
-        for number, line in enumerate(text.splitlines(), start=1):
-            line = line.strip()
+        for number, raw_line in enumerate(text.splitlines(), start=1):
+            line = raw_line.strip()
             if not line or line.startswith("#"):
                 continue
             user, separator, encoded = line.partition(":")
