@@ -117,6 +117,8 @@ class LabMta:
         """Envelope recipient -> body, of every message at the sink."""
         found: dict[str, bytes] = {}
         for path in sorted(self.sink_dir.glob("*.eml")):
+            if path.name.startswith("."):  # sink.py's file being written (renamed when done)
+                continue
             raw = path.read_bytes()
             envelope, data = _split_sink(raw)
             for rcpt in envelope:
