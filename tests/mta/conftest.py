@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mtalab import LAB_DIR, MTA_LAB, MTAS, LabMta, lab_env
+from mtalab import LAB_DIR, MTA_LAB, MTAS, LabMta
 
 
 def _skip_reason() -> str | None:
@@ -46,30 +46,7 @@ def lab() -> Iterator[dict[str, LabMta]]:
     subprocess.run([*all_sh, "stop"], capture_output=True, check=False)
     subprocess.run([*all_sh, "configure"], capture_output=True, check=True)
     subprocess.run([*all_sh, "start"], capture_output=True, check=True)
-    envs = {name: lab_env(name) for name in MTAS}
-    mtas = {
-        "postfix": LabMta(
-            "postfix",
-            int(envs["postfix"]["POSTFIX_PORT"]),
-            "postqueue",
-            envs["postfix"]["POSTQUEUE"],
-            Path(envs["postfix"]["POSTFIX_SINK_DIR"]),
-        ),
-        "exim": LabMta(
-            "exim",
-            int(envs["exim"]["EXIM_PORT"]),
-            "exim",
-            envs["exim"]["EXIM"],
-            Path(envs["exim"]["EXIM_SINK_DIR"]),
-        ),
-        "sendmail": LabMta(
-            "sendmail",
-            int(envs["sendmail"]["SENDMAIL_PORT"]),
-            "sendmail",
-            envs["sendmail"]["SENDMAIL"],
-            Path(envs["sendmail"]["SENDMAIL_SINK_DIR"]),
-        ),
-    }
+    mtas = {name: LabMta.from_env(name) for name in MTAS}
     yield mtas
     for mta in mtas.values():
         mta.script("clear-queue")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.policy
 import os
 import smtplib
+import socket
 import subprocess
 import time
 import uuid
@@ -49,7 +50,27 @@ class LabMta:
     program_option: str
     program: str
     sink_dir: Path
+    sink_port: int
     sent: dict[str, bytes] = field(default_factory=dict)  # recipient -> body sent
+
+    @classmethod
+    def from_env(cls, name: str) -> LabMta:
+        """From ``X.sh env``: the ports and paths the lab was installed with."""
+        env = lab_env(name)
+        prefix = name.upper()
+        program_option, program = {
+            "postfix": ("postqueue", env["POSTQUEUE"]),
+            "exim": ("exim", env["EXIM"]),
+            "sendmail": ("sendmail", env["SENDMAIL"]),
+        }[name]
+        return cls(
+            name,
+            int(env[f"{prefix}_PORT"]),
+            program_option,
+            program,
+            Path(env[f"{prefix}_SINK_DIR"]),
+            int(env[f"{prefix}_SINK_PORT"]),
+        )
 
     @property
     def backend_options(self) -> dict[str, object]:
@@ -66,6 +87,15 @@ class LabMta:
             check=True,
         )
         return done.stdout
+
+    def wait_sink(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.sink_port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: sink not listening on {self.sink_port}")
 
     def reset(self) -> None:
         """Sink up, queue empty, nothing received: every test starts here."""

@@ -8,9 +8,12 @@ flush selected.
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from mtalab import NODE, RECIPIENTS, SUBTREE, LabMta
+from mtalab import LAB_DIR, NODE, RECIPIENTS, SUBTREE, LabMta
 
 from etrn_bridge.request import FlushResult
 from etrn_bridge.target import parse_target
@@ -208,3 +211,33 @@ async def test_native_postfix_flush_ignores_subdomains(lab: dict[str, LabMta]) -
     mta.inject()
     subprocess.run([mta.program, "-s", "customer.test"], check=True)
     assert set(mta.wait_received(SUBTREE)) == NODE
+
+
+async def test_exim_slow_delivery_completes_after_the_reply(
+    lab: dict[str, LabMta], tmp_path: Path
+) -> None:
+    """exim -M waits for the deliveries: the flush returns once started and the
+    end comes through ``completion`` (the service awaits and audits it)."""
+    mta = lab["exim"]
+    mta.reset()
+    mta.inject()
+    mta.script("sink-stop")
+    sink = subprocess.Popen(
+        [
+            *(sys.executable, str(LAB_DIR / "sink.py"), "serve"),
+            *("--port", str(mta.sink_port), "--dir", str(mta.sink_dir), "--delay", "1"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        mta.wait_sink()
+        started = time.monotonic()
+        result = await mta.backend().flush(parse_target("customer.test"))
+        assert time.monotonic() - started < 0.9  # did not wait for the 1 s DATA delay
+        assert result.started and result.pending == 2 and result.completion is not None
+        final = await result.completion
+        assert final.started and final.queue_ids == result.queue_ids
+        assert set(mta.received()) == NODE  # -M returned: both delivered
+    finally:
+        sink.terminate()
+        sink.wait()
