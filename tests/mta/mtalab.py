@@ -58,16 +58,13 @@ class LabMta:
         """From ``X.sh env``: the ports and paths the lab was installed with."""
         env = lab_env(name)
         prefix = name.upper()
-        program_option, program = {
-            "postfix": ("postqueue", env["POSTQUEUE"]),
-            "exim": ("exim", env["EXIM"]),
-            "sendmail": ("sendmail", env["SENDMAIL"]),
-        }[name]
+        # the backend option naming the program, which is also its env key
+        program_option = {"postfix": "postqueue", "exim": "exim", "sendmail": "sendmail"}[name]
         return cls(
             name,
             int(env[f"{prefix}_PORT"]),
             program_option,
-            program,
+            env[program_option.upper()],
             Path(env[f"{prefix}_SINK_DIR"]),
             int(env[f"{prefix}_SINK_PORT"]),
         )
