@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"etrn-bridge {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"etrn_bridge.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"etrn_bridge.cli.{name}":
-                raise
-            continue  # not built yet
-        module.add_parser(subparsers)
+        importlib.import_module(f"etrn_bridge.cli.{name}").add_parser(subparsers)
     return parser
 
 

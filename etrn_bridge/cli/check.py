@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from etrn_bridge.cli.configfile import add_config_argument
 from etrn_bridge.config import Config, ConfigError, load_config
 
 
@@ -11,7 +12,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "check", help="validate a config file; list every problem with file:line:column"
     )
-    parser.add_argument("-c", "--config", required=True, help="the YAML config file")
+    add_config_argument(parser)
     parser.set_defaults(run=run)
 
 

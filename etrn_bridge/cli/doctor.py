@@ -13,9 +13,10 @@ import os
 import pwd
 from collections.abc import Sequence
 
-from etrn_bridge.backends.base import BackendOptionError, create_backend
+from etrn_bridge.backends.base import create_backend
 from etrn_bridge.backends.mta import Level, MtaBackend
-from etrn_bridge.config import Config, ConfigError, load_config
+from etrn_bridge.cli.configfile import add_config_argument, load_or_report
+from etrn_bridge.config import Config
 
 MARKS = {Level.OK: "ok    ", Level.FIX: "FIX   ", Level.ADVICE: "advice"}
 
@@ -24,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "doctor", help="check that the configured MTA lets the bridge flush, and how to fix it"
     )
-    parser.add_argument("-c", "--config", required=True, help="the YAML config file")
+    add_config_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -37,15 +38,10 @@ def flushing_user(command_prefix: Sequence[str], config_user: str | None) -> str
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-        backend = create_backend(config.backend)
-    except ConfigError as exc:
-        print("\n".join(str(problem) for problem in exc.problems))
+    config = load_or_report(args.config)
+    if config is None:
         return 1
-    except BackendOptionError as exc:
-        print(f"{args.config}: backend.{exc.key or ''}: {exc.message}")
-        return 1
+    backend = create_backend(config.backend)  # the loader has validated its options
     if not isinstance(backend, MtaBackend):
         print(f"ok     backend {backend.name!r} runs no MTA program: nothing to check")
         return 0

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from etrn_bridge.config import ConfigError, load_config
+from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.policy.index import client_address
 from etrn_bridge.policy.model import Policy
 from etrn_bridge.request import Decision, Identity
@@ -47,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "explain", help="show the policy's decision for a client and target, and why"
     )
-    parser.add_argument("-c", "--config", required=True, help="the YAML config file")
+    add_config_argument(parser)
     parser.add_argument("--client", metavar="IP", help="client address")
     parser.add_argument("--user", help="SMTP AUTH identity")
     parser.add_argument("--tls-fingerprint", metavar="F", help="sha256:AB:CD:... of the cert")
@@ -60,12 +60,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        policy = load_config(args.config).policy
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_or_report(args.config)
+    if config is None:
         return EXIT_USAGE
+    policy = config.policy
     try:
         if args.batch:
             return _batch(policy, _read_lines(args.batch))

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from etrn_bridge.backends.base import Backend, BackendOptionError, create_backend
+from etrn_bridge.backends.base import Backend, create_backend
 from etrn_bridge.backends.mta import ListingError, MtaBackend, UnknownQueue
-from etrn_bridge.config import ConfigError, load_config
+from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.request import FlushResult
 from etrn_bridge.target import Target, TargetError, parse_target
 
@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "flush", help="flush exactly one target with the configured backend (no policy)"
     )
-    parser.add_argument("-c", "--config", required=True, help="the YAML config file")
+    add_config_argument(parser)
     parser.add_argument("target", help="node, @node (with subdomains) or #queue")
     parser.add_argument(
         "--dry-run", action="store_true", help="list the queue ids that would be flushed"
@@ -34,14 +34,10 @@ def run(args: argparse.Namespace) -> int:
     except TargetError as exc:
         print(f"{args.target!r}: {exc.reason}")
         return 2
-    try:
-        backend = create_backend(load_config(args.config).backend)
-    except ConfigError as exc:
-        print("\n".join(str(problem) for problem in exc.problems))
+    config = load_or_report(args.config)
+    if config is None:
         return 1
-    except BackendOptionError as exc:
-        print(f"{args.config}: backend.{exc.key or ''}: {exc.message}")
-        return 1
+    backend = create_backend(config.backend)  # the loader has validated its options
     if args.dry_run:
         return asyncio.run(dry_run(backend, target))
     return asyncio.run(flush(backend, target))
