@@ -1,13 +1,20 @@
-"""ETRN sessions per second and memory of ``etrn-bridge serve`` on loopback.
+"""ETRN sessions per second, CPU and memory of ``etrn-bridge serve`` on loopback.
 
     python bench/sessions.py [--sessions 2000] [--concurrency 1 50] [--idle 1000]
+                             [--workers 1 2] [--loop asyncio uvloop]
+    python bench/sessions.py --server-port 2527 --domain customer.test   # another server
 
 Starts the server (log backend, audit to a file, INFO logging to a file) as a
-subprocess, then runs the load generator in ANOTHER process (this file with
-``--generate``): asyncio raw sockets doing connect, EHLO, ETRN, QUIT. Prints
-sessions/s per concurrency, the server's peak RSS (VmHWM) and its RSS while
-holding ``--idle`` idle sessions (after EHLO). DESIGN.md's reference points on
-2 cores: Postfix smtpd 1.8k-3.1k sessions/s, bare aiosmtpd 1.5k-2.1k.
+subprocess once per combination of ``--workers`` and ``--loop``, then runs the
+load generator in ANOTHER process (this file with ``--generate``): asyncio raw
+sockets doing connect, EHLO, ETRN, QUIT. Prints one table row per server:
+sessions/s per concurrency, the server's CPU per session at the highest
+concurrency (all its processes: less noisy than the rate on 2 shared cores),
+its memory after the load and while holding ``--idle`` idle sessions (after
+EHLO), as PSS summed over the server's processes. ``--server-port`` measures a server already
+running on 127.0.0.1 (e.g. Postfix's smtpd) with the same generator instead.
+DESIGN.md's reference points on 2 cores: Postfix smtpd 1.8k-3.1k sessions/s,
+bare aiosmtpd 1.5k-2.1k.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import resource
 import subprocess
@@ -56,12 +64,12 @@ async def read_reply(reader: asyncio.StreamReader) -> bytes:
             return line
 
 
-async def one_session(port: int) -> None:
+async def one_session(port: int, etrn: bytes) -> None:
     reader, writer = await asyncio.open_connection(HOST, port)
     await read_reply(reader)
     writer.write(b"EHLO bench.client\r\n")
     await read_reply(reader)
-    writer.write(b"ETRN customer.example\r\n")
+    writer.write(etrn)
     reply = await read_reply(reader)
     if not reply.startswith(b"250"):
         raise RuntimeError(f"unexpected reply {reply!r}")
@@ -70,14 +78,15 @@ async def one_session(port: int) -> None:
     writer.close()
 
 
-async def run_load(port: int, concurrency: int, sessions: int) -> float:
+async def run_load(port: int, domain: str, concurrency: int, sessions: int) -> float:
     remaining = sessions
+    etrn = f"ETRN {domain}\r\n".encode()
 
     async def worker() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await one_session(port)
+            await one_session(port, etrn)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -104,18 +113,37 @@ def generate(args: argparse.Namespace) -> None:
     if args.mode == "idle":
         asyncio.run(hold_idle(args.port, args.count))
     else:
-        rate = asyncio.run(run_load(args.port, args.concurrency[0], args.count))
+        rate = asyncio.run(run_load(args.port, args.domain, args.concurrency[0], args.count))
         print(json.dumps({"sessions_per_second": rate}), flush=True)
 
 
 # Driver ------------------------------------------------------------------------
 
 
-def proc_status_kib(pid: int, field: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    assert match, field
-    return int(match[1])
+def server_pids(pid: int) -> list[int]:
+    """The server and its workers (``workers: N`` forks them from the first process)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *map(int, children)]
+
+
+def pss_kib(pids: list[int]) -> int:
+    """Proportional set size: pages the workers share with their parent count once."""
+    total = 0
+    for pid in pids:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
+        assert match, pid
+        total += int(match[1])
+    return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        # utime and stime are fields 14 and 15, counted after the ")" that ends comm.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(directory: Path, extra: dict[str, object]) -> tuple[subprocess.Popen[bytes], int]:
@@ -140,55 +168,75 @@ def start_server(directory: Path, extra: dict[str, object]) -> tuple[subprocess.
     raise SystemExit("server did not start")
 
 
-def generator(port: int, *args: str) -> list[str]:
-    return [sys.executable, __file__, "--generate", "--port", str(port), *args]
+def generator(port: int, domain: str, *args: str) -> list[str]:
+    return [sys.executable, __file__, "--generate", "--port", str(port), "--domain", domain, *args]
+
+
+def load(port: int, domain: str, concurrency: int, sessions: int) -> float:
+    command = generator(port, domain, "--concurrency", str(concurrency), "--count", str(sessions))
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return float(json.loads(result.stdout)["sessions_per_second"])
+
+
+def measure(args: argparse.Namespace, port: int, pids: list[int] | None) -> list[str]:
+    """One table row's cells: sessions/s per concurrency, then CPU and memory when known."""
+    # Warm up (imports, first allocations, every worker) so runs compare steady states.
+    load(port, args.domain, 10, 400)
+    cells = []
+    cpu_before = cpu_seconds(pids) if pids else 0.0
+    for concurrency in args.concurrency:
+        if pids:
+            cpu_before = cpu_seconds(pids)
+        cells.append(f"{load(port, args.domain, concurrency, args.sessions):.0f}")
+    if not pids:
+        return [*cells, "-", "-", "-"]
+    cpu = (cpu_seconds(pids) - cpu_before) / args.sessions
+    cells.append(f"{cpu * 1e6:.0f}")
+    cells.append(f"{pss_kib(pids) / 1024:.1f}")
+    idle = subprocess.Popen(
+        generator(port, args.domain, "--mode", "idle", "--count", str(args.idle)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert idle.stdout is not None and idle.stdin is not None
+    assert idle.stdout.readline().strip() == "idle"
+    time.sleep(0.5)
+    cells.append(f"{pss_kib(pids) / 1024:.1f}")
+    idle.stdin.write("done\n")
+    idle.stdin.close()
+    idle.wait(30)
+    return cells
 
 
 def drive(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as directory:
-        server, port = start_server(Path(directory), {})
-        try:
-            print(f"server pid {server.pid}, port {port}, {args.sessions} sessions per run")
-            # Warm up (imports, first allocations) so runs compare steady states.
-            subprocess.run(
-                generator(port, "--concurrency", "10", "--count", "200"),
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            for concurrency in args.concurrency:
-                result = subprocess.run(
-                    generator(
-                        port, "--concurrency", str(concurrency), "--count", str(args.sessions)
-                    ),
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                rate = json.loads(result.stdout)["sessions_per_second"]
-                print(f"concurrency {concurrency:>3}: {rate:8.0f} sessions/s")
-            print(f"peak RSS after load: {proc_status_kib(server.pid, 'VmHWM') / 1024:.1f} MiB")
-            baseline = proc_status_kib(server.pid, "VmRSS")
-            idle = subprocess.Popen(
-                generator(port, "--mode", "idle", "--count", str(args.idle)),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert idle.stdout is not None and idle.stdin is not None
-            assert idle.stdout.readline().strip() == "idle"
-            time.sleep(0.5)
-            rss = proc_status_kib(server.pid, "VmRSS")
-            print(
-                f"RSS with {args.idle} idle sessions: {rss / 1024:.1f} MiB "
-                f"(+{(rss - baseline) / 1024:.1f} MiB, {(rss - baseline) / args.idle:.1f} KiB each)"
-            )
-            idle.stdin.write("done\n")
-            idle.stdin.close()
-            idle.wait(30)
-            print(f"peak RSS overall: {proc_status_kib(server.pid, 'VmHWM') / 1024:.1f} MiB")
-        finally:
-            server.terminate()
-            server.wait(30)
+    columns = [f"{c} clients/s" for c in args.concurrency]
+    columns += [f"CPU us/session ({args.concurrency[-1]})", "MiB", f"MiB +{args.idle} idle"]
+    print(f"{args.sessions} sessions per run; memory: PSS summed over the server's processes")
+    print(f"| {'server':<22} | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (len(columns) + 1))
+    rows: list[tuple[str, int | None, dict[str, object]]] = []
+    if args.server_port:
+        rows.append((f"127.0.0.1:{args.server_port}", args.server_port, {}))
+    else:
+        rows += [
+            (f"workers {w}, {loop}", None, {"workers": w, "event_loop": loop})
+            for w in args.workers
+            for loop in args.loop
+        ]
+    for name, external_port, extra in rows:
+        if external_port is not None:
+            cells = measure(args, external_port, None)
+        else:
+            with tempfile.TemporaryDirectory() as directory:
+                server, port = start_server(Path(directory), extra)
+                try:
+                    cells = measure(args, port, server_pids(server.pid))
+                finally:
+                    server.terminate()
+                    server.wait(30)
+        padded = (f"{cell:>{len(title)}}" for cell, title in zip(cells, columns, strict=True))
+        print(f"| {name:<22} | " + " | ".join(padded) + " |", flush=True)
 
 
 def main() -> None:
@@ -200,6 +248,11 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    loops = ["asyncio", "uvloop"]
+    parser.add_argument("--loop", nargs="+", choices=loops, default=loops)
+    parser.add_argument("--server-port", type=int, help="measure this running server instead")
+    parser.add_argument("--domain", default="customer.example", help="the ETRN argument")
     args = parser.parse_args()
     if args.generate:
         generate(args)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from etrn_bridge.replies import reply_code, reply_for
 from etrn_bridge.request import Outcome, Request
@@ -87,21 +87,20 @@ class AuditLog:
         syslog_address: str | None = None,
     ) -> None:
         self.path = file
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
         self._lock = threading.Lock()
         self._syslog: socket.socket | None = None
         self._syslog_address = syslog_address
         if file is not None:
-            self._file = self._open(file)
+            self._fd = self._open(file)
         if use_syslog:
             self._syslog = self._connect_syslog(syslog_address)
 
     @staticmethod
-    def _open(path: Path) -> IO[str]:
+    def _open(path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         # 0640: audit lines name customers and their addresses.
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        return os.fdopen(descriptor, "a", encoding="ascii", buffering=1)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
 
     @staticmethod
     def _connect_syslog(address: str | None) -> socket.socket:
@@ -118,8 +117,10 @@ class AuditLog:
     def write(self, record: Mapping[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
         with self._lock:
-            if self._file is not None:
-                self._file.write(line + "\n")
+            if self._fd is not None:
+                # One write(2) per record on an O_APPEND descriptor: processes
+                # sharing the file (serve's workers, the CLI) never split a line.
+                os.write(self._fd, f"{line}\n".encode("ascii"))
             if self._syslog is not None:
                 _send_syslog(self._syslog, line)
 
@@ -128,15 +129,15 @@ class AuditLog:
         if self.path is None:
             return
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-            self._file = self._open(self.path)
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = self._open(self.path)
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
             if self._syslog is not None:
                 self._syslog.close()
                 self._syslog = None

@@ -9,7 +9,7 @@ its key path, all of them at once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,8 @@ class Config:
     tls: TlsSettings | None = None
     auth: AuthSettings | None = None
     user: str | None = None  # drop to this user after binding the ports
+    workers: int = 1  # serving processes forked by `serve`
+    event_loop: str = "asyncio"  # or "uvloop" (optional extra)
 
 
 def load_config(path: str | Path) -> Config:
@@ -187,7 +189,31 @@ def _check_sections(
     )
     if data.get("auth") is not None and data.get("tls") is None:
         problem(("auth",), "AUTH is offered only after STARTTLS: configure tls too")
+    _check_matchers_can_match(data, problem)
     return _CheckedSections(policy, limits)
+
+
+def _check_matchers_can_match(
+    data: dict[str, Any], problem: Callable[[KeyPath, str], None]
+) -> None:
+    """A ``users`` matcher without AUTH, or ``tls_fingerprints`` without client
+    certificates, can never match: the entry would silently never apply."""
+    policy = data.get("policy")
+    if not isinstance(policy, dict):
+        return
+    tls = data.get("tls")
+    missing = {
+        "users": None if data.get("auth") else "no client can authenticate: configure auth",
+        "tls_fingerprints": None
+        if isinstance(tls, dict) and tls.get("client_ca")
+        else "no client certificate is requested: configure tls.client_ca",
+    }
+    for section in ("clients", "deny"):
+        entries = policy.get(section)
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            for matcher, reason in missing.items():
+                if reason and isinstance(entry, dict) and entry.get(matcher):
+                    problem(("policy", section, index, matcher), f"can never match: {reason}")
 
 
 def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Config:
@@ -219,6 +245,8 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         if auth_data
         else None,
         user=data.get("user"),
+        workers=data.get("workers", 1),
+        event_loop=data.get("event_loop", "asyncio"),
     )
 
 

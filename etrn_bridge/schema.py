@@ -67,6 +67,30 @@ def config_schema() -> dict[str, Any]:
                 "description": "Unprivileged user to switch to after binding the ports "
                 "(setgroups, setgid, setuid). Default: keep the starting user.",
             },
+            "workers": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 64,
+                "default": 1,
+                "description": "Processes serving the listen sockets (as Postfix runs several "
+                "smtpd). The parent binds one SO_REUSEPORT socket per address and worker (the "
+                "kernel spreads connections across them), drops privileges, forks the workers "
+                "on their sockets, forwards SIGTERM/SIGINT/SIGHUP to them and exits when all "
+                "have drained. SO_REUSEPORT lets another process of the same user bind the "
+                "port too: run one bridge per address. A worker that dies stops the others "
+                "(exit status 1): the service manager restarts the whole. Rate limits, "
+                "coalescing of identical ETRNs and max_concurrent_flushes are kept per "
+                "worker, so with N workers a client may get up to N times its limit and "
+                "one target up to N flush runs per window. Every worker appends whole "
+                "lines to the same audit file.",
+            },
+            "event_loop": {
+                "type": "string",
+                "enum": ["asyncio", "uvloop"],
+                "default": "asyncio",
+                "description": "Event loop of each worker: 'uvloop' needs the optional extra "
+                "(pip install 'etrn-bridge[uvloop]') and refuses to start without it.",
+            },
             "backend": _backend_schema(),
             "audit": {
                 "type": "object",
