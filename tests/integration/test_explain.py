@@ -14,6 +14,8 @@ from etrn_bridge.request import Identity, Request
 from etrn_bridge.service import Service
 
 CONFIG = """\
+tls: {cert: cert.pem, key: key.pem, client_ca: ca.pem}
+auth: {passwords_file: passwords}
 limits: {per_client: "off"}
 policy:
   clients:

@@ -140,6 +140,18 @@ CASES = [
         id="zero-window",
     ),
     pytest.param(
+        VALID_ENTRY.replace("      networks", "      users: [acme]\n      networks"),
+        "etrn.yaml:4:7: policy.clients[0].users: can never match: no client can authenticate",
+        id="users-without-auth",
+    ),
+    pytest.param(
+        "tls: {cert: c.pem, key: k.pem}\n"
+        + VALID_ENTRY.replace("      networks", "      tls_fingerprints: [AB]\n      networks"),
+        "etrn.yaml:5:7: policy.clients[0].tls_fingerprints: can never match: "
+        "no client certificate is requested",
+        id="fingerprints-without-client-ca",
+    ),
+    pytest.param(
         VALID_ENTRY.replace('      targets: ["acme.example"]', "      targets_file: missing.txt"),
         "etrn.yaml:5:21: policy.clients[0].targets_file: cannot read targets file",
         id="missing-targets-file",
@@ -200,7 +212,8 @@ def test_fingerprints_are_normalised_at_load(tmp_path: Path) -> None:
     digest = "ab" * 32
     config = tmp_path / "etrn.yaml"
     config.write_text(
-        VALID_ENTRY.replace("      networks", f"      tls_fingerprints: [{digest}]\n      networks")
+        "tls: {cert: c.pem, key: k.pem, client_ca: ca.pem}\n"
+        + VALID_ENTRY.replace("      networks", f"      tls_fingerprints: [{digest}]\n      networks")
     )
     (fingerprint,) = load_config(config).policy.allow[0].tls_fingerprints
     assert fingerprint == "sha256:" + ":".join(["AB"] * 32)

@@ -14,6 +14,8 @@ from etrn_bridge.target import parse_target
 FINGERPRINT = "sha256:" + ":".join(["AB"] * 32)
 
 POLICY = f"""
+tls: {{cert: cert.pem, key: key.pem, client_ca: ca.pem}}
+auth: {{passwords_file: passwords}}
 policy:
   clients:
     - id: acme
@@ -94,6 +96,8 @@ def test_decision(
 def test_first_matching_allow_entry_in_file_order_decides() -> None:
     policy = parse_config(
         """
+tls: {cert: cert.pem, key: key.pem}
+auth: {passwords_file: passwords}
 policy:
   clients:
     - id: wide

@@ -125,6 +125,8 @@ async def test_cancelled_waiter_does_not_cancel_the_shared_run() -> None:
 
 
 LIMITED = """
+tls: {cert: cert.pem, key: key.pem, client_ca: ca.pem}
+auth: {passwords_file: passwords}
 limits: {per_target: "1/60s", per_client: "2/60s"}
 policy:
   clients:
