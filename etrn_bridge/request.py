@@ -50,9 +50,6 @@ class Status(enum.Enum):
     BAD_ARGUMENT = "bad_argument"  # 501
 
 
-SUCCESS_STATUSES = frozenset({Status.STARTED, Status.NOTHING_WAITING, Status.PENDING_STARTED})
-
-
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The policy's verdict; ``rule`` is the id of the entry that decided (None: no entry)."""
@@ -91,7 +88,3 @@ class Outcome:
     coalesced: bool = False
     duration: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def success(self) -> bool:
-        return self.status in SUCCESS_STATUSES

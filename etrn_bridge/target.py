@@ -31,7 +31,7 @@ OPTION_QUEUE = "#"
 # RFC 952 / RFC 1123 §2.1 host name label: letters, digits, hyphen; no hyphen
 # at either end. A-labels (xn--) fit this too.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_QUEUE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_QUEUE_NAME_LENGTH - 1}}}\Z")
 # RFC 5321 §4.1.3 address literals.
 _IPV6_TAG = "ipv6:"
 
