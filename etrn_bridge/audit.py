@@ -90,7 +90,6 @@ class AuditLog:
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._syslog: socket.socket | None = None
-        self._syslog_address = syslog_address
         if file is not None:
             self._fd = self._open(file)
         if use_syslog:

@@ -60,6 +60,7 @@ def reply_code(reply: str) -> int:
 GREETING_IDENT = "ESMTP etrn-bridge"  # "220 <host> ESMTP etrn-bridge" (RFC 5321 §4.2)
 # RFC 5321 §4.1.4: a session starts with EHLO/HELO; 503 is "bad sequence of commands".
 HELO_FIRST = "503 5.5.1 Send HELO or EHLO first"
+EHLO_SYNTAX = "501 5.5.4 Syntax: EHLO hostname"  # RFC 5321 §4.1.1.1: a domain is required
 # RFC 5321 §4.2.4: 502 when a command is recognized but not implemented, 500 when
 # it is not recognized. MAIL, RCPT, DATA, BDAT, VRFY, EXPN, TURN and ATRN are all
 # SMTP commands this service refuses: 5yz, so a misdirected MTA bounces at once

@@ -34,15 +34,11 @@ FRONTEND = "listener"
 # RFC 5321 §4.5.3.1.4 counts the CRLF in the 512-octet command line; aiosmtpd
 # measures the line without it.
 CRLF_LENGTH = 2
-# Commands of SMTP proper (RFC 5321 §4.1, RFC 3030 BDAT, RFC 2645 ATRN) that
-# this service recognizes and refuses: it flushes queues, it takes no mail.
-REFUSED_COMMANDS = ("MAIL", "RCPT", "DATA", "BDAT", "VRFY", "EXPN", "TURN", "ATRN")
 # aiosmtpd's own fixed replies, given RFC 3463 enhanced codes like ours.
 _AIOSMTPD_REPLIES = {
     "500 Command line too long": replies.LINE_TOO_LONG,
     "500 Error: bad syntax": replies.UNRECOGNIZED,
 }
-EHLO_SYNTAX = "501 5.5.4 Syntax: EHLO hostname"
 
 log = logging.getLogger("etrn_bridge.listener")
 
@@ -187,7 +183,7 @@ class EtrnSession(SMTP):
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str | None) -> None:
         if not hostname:
-            await self.push(EHLO_SYNTAX)
+            await self.push(replies.EHLO_SYNTAX)
             return
         self._set_rset_state()  # type: ignore[no-untyped-call]
         session = self._smtp_session()
@@ -274,6 +270,8 @@ class EtrnSession(SMTP):
     async def _refuse(self, arg: str | None) -> None:
         await self.push(replies.ONLY_ETRN)
 
+    # Commands of SMTP proper (RFC 5321 §4.1, RFC 3030 BDAT, RFC 2645 ATRN) that this
+    # service recognizes and refuses: it flushes queues, it takes no mail.
     smtp_MAIL = smtp_RCPT = smtp_DATA = smtp_BDAT = _refuse
     smtp_VRFY = smtp_EXPN = smtp_TURN = smtp_ATRN = _refuse
 
