@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from etrn_bridge.audit import AuditLog
-from etrn_bridge.config import Config, ConfigError, ListenAddress, load_config
+from etrn_bridge.cli.configfile import add_config_argument, load_or_report
+from etrn_bridge.config import Config, ListenAddress
 from etrn_bridge.frontends.listener import Listener
 from etrn_bridge.frontends.passwords import PasswordFileError
 from etrn_bridge.frontends.sockets import bind_listeners, bound_name
@@ -44,17 +45,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "serve", help="run the ETRN listener", description="Run the ETRN listener."
     )
-    parser.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    add_config_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every SMTP line")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_or_report(args.config)
+    if config is None:
         return EXIT_FAILURE
     setup_logging(args.verbose)
     try:
