@@ -284,3 +284,23 @@ class TlsFiles:
         if client_ca:
             section["client_ca"] = str(self.ca_file)
         return section
+
+
+def run_send(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """``etrn-bridge send --port PORT ARGS...`` as a customer would run it."""
+    return subprocess.run(  # noqa: PLW1510 (the exit status is the subject)
+        [
+            sys.executable,
+            "-m",
+            "etrn_bridge",
+            "send",
+            "--port",
+            str(port),
+            "--timeout",
+            "10",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from bridgekit import Bridge
+from bridgekit import Bridge, run_send
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "etrn-bridge.yaml"
 
@@ -24,22 +22,8 @@ def test_example_config_serves_allows_and_denies(
     bridge = start_bridge(config)
     assert bridge.config["backend"] == {"type": "auto"}
 
-    result = subprocess.run(  # noqa: PLW1510 (the exit status is the subject)
-        [
-            sys.executable,
-            "-m",
-            "etrn_bridge",
-            "send",
-            "--port",
-            str(bridge.port),
-            "127.0.0.1",
-            "customer.example",
-            "mail.customer.net",
-            "old.customer.net",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_send(
+        bridge.port, "127.0.0.1", "customer.example", "mail.customer.net", "old.customer.net"
     )
 
     replies = [line.split(": ", 1)[1][:3] for line in result.stdout.splitlines()]

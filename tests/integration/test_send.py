@@ -7,28 +7,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bridgekit import Bridge, TlsFiles
+from bridgekit import Bridge, TlsFiles, run_send
 
 from etrn_bridge.frontends.passwords import hash_password
 
 
 def send(bridge: Bridge, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: PLW1510 (the exit status is the subject)
-        [
-            sys.executable,
-            "-m",
-            "etrn_bridge",
-            "send",
-            "--port",
-            str(bridge.port),
-            "--timeout",
-            "10",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_send(bridge.port, *args)
 
 
 def test_all_started_exits_0(bridge: Bridge) -> None:
@@ -51,21 +36,7 @@ def test_one_refused_exits_1(bridge: Bridge) -> None:
 def test_connection_refused_exits_2(bridge: Bridge) -> None:
     port = bridge.port
     bridge.stop()
-    result = subprocess.run(  # noqa: PLW1510 (the exit status is the subject)
-        [
-            sys.executable,
-            "-m",
-            "etrn_bridge",
-            "send",
-            "--port",
-            str(port),
-            "127.0.0.1",
-            "x.example",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_send(port, "127.0.0.1", "x.example")
     assert result.returncode == 2
     assert "send:" in result.stderr
 

@@ -213,7 +213,9 @@ def test_fingerprints_are_normalised_at_load(tmp_path: Path) -> None:
     config = tmp_path / "etrn.yaml"
     config.write_text(
         "tls: {cert: c.pem, key: k.pem, client_ca: ca.pem}\n"
-        + VALID_ENTRY.replace("      networks", f"      tls_fingerprints: [{digest}]\n      networks")
+        + VALID_ENTRY.replace(
+            "      networks", f"      tls_fingerprints: [{digest}]\n      networks"
+        )
     )
     (fingerprint,) = load_config(config).policy.allow[0].tls_fingerprints
     assert fingerprint == "sha256:" + ":".join(["AB"] * 32)
