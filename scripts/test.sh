@@ -23,6 +23,11 @@ if [ "$(id -u)" = 0 ]; then
 else
     echo "!! Not root: the real-MTA tests (tests/mta) will be SKIPPED."
     echo "!! Run 'make test' as root (as CI does) to install Postfix, Exim and Sendmail and run them."
+    # The real-client tests fail (they never skip) without these; say so up front.
+    for program in perl fetchmail; do
+        command -v "$program" >/dev/null ||
+            echo "!! $program is missing: its client tests will FAIL (apt-get install $program)."
+    done
 fi
 
 echo "== pytest"
