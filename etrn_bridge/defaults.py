@@ -10,6 +10,9 @@ BACKEND = "log"
 IDLE_TIMEOUT = 300.0
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
 MAX_COMMAND_LINE = 512
+# Over-long ETRN lines up to this size are still read whole, answered 501 and audited;
+# the line reader discards anything longer (500) so a session never buffers more.
+AUDITED_LINE_LIMIT = 4096
 # ETRN commands one session may send before 421 (Sendmail's MAXETRNCOMMANDS is 8).
 MAX_ETRN_PER_SESSION = 16
 # Unknown/refused commands before 421 (Postfix smtpd_hard_error_limit is 20; we are stricter).

@@ -34,6 +34,9 @@ class Request:
     argument: str  # raw argument as received (decoded with surrogateescape)
     session_id: str = "-"
     frontend: str = "listener"
+    # The front end's protocol limit was exceeded (an over-long command line): the
+    # argument is refused whatever it holds, so nothing cut short can ever parse.
+    too_long: bool = False
 
 
 class Status(enum.Enum):

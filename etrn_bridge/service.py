@@ -124,6 +124,8 @@ class Service:
         return outcome
 
     async def _decide_and_flush(self, state: PolicyState, request: Request) -> Outcome:
+        if request.too_long:
+            return Outcome(Status.BAD_ARGUMENT, reason="command line too long")
         try:
             target = parse_target(request.argument)
         except MissingArgument as exc:

@@ -23,7 +23,7 @@ from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, syntax
 
-from etrn_bridge import replies
+from etrn_bridge import defaults, replies
 from etrn_bridge.config import Config, ListenAddress
 from etrn_bridge.frontends.passwords import PasswordFile
 from etrn_bridge.frontends.tlsinfo import peer_fingerprint, server_context
@@ -34,6 +34,7 @@ FRONTEND = "listener"
 # RFC 5321 §4.5.3.1.4 counts the CRLF in the 512-octet command line; aiosmtpd
 # measures the line without it.
 CRLF_LENGTH = 2
+ETRN_VERB = "ETRN "
 # aiosmtpd's own fixed replies, given RFC 3463 enhanced codes like ours.
 _AIOSMTPD_REPLIES = {
     "500 Command line too long": replies.LINE_TOO_LONG,
@@ -76,7 +77,7 @@ class EtrnSession(SMTP):
     def __init__(self, listener: Listener) -> None:
         settings = listener.config.session
         # aiosmtpd sizes its line reader from this attribute in __init__.
-        self.line_length_limit = settings.max_line_length
+        self.line_length_limit = max(settings.max_line_length, defaults.AUDITED_LINE_LIMIT)
         super().__init__(
             None,  # no handler: every behaviour lives in this class
             hostname=listener.config.hostname,
@@ -94,6 +95,10 @@ class EtrnSession(SMTP):
         command_limit = settings.max_line_length - CRLF_LENGTH
         self.command_size_limit = command_limit
         self.command_size_limits = collections.defaultdict(lambda: command_limit)
+        # An over-long ETRN still reaches smtp_ETRN, to be refused and audited there
+        # (after EHLO: aiosmtpd applies one limit to every command of a HELO session).
+        self.command_size_limits["ETRN"] = self.line_length_limit
+        self.etrn_argument_limit = command_limit - len(ETRN_VERB)
         self._smtp_methods = _CommandTable(self._smtp_methods, self._unrecognized)
         self.listener = listener
         # The policy in force when the client connected serves the whole session.
@@ -221,6 +226,8 @@ class EtrnSession(SMTP):
             argument=argument or "",  # "" reaches the service: 500, audited
             session_id=self.session_id,
             frontend=FRONTEND,
+            too_long=len((argument or "").encode("utf-8", "surrogateescape"))
+            > self.etrn_argument_limit,
         )
         # The idle timer measures the client, not a slow flush.
         if self._timeout_handle is not None:

@@ -215,7 +215,21 @@ def test_over_long_line_gets_500_and_session_goes_on(bridge: Bridge) -> None:
     assert client.command(b"NOOP " + b"x" * 506).text == "500 5.5.2 Line too long"
     assert client.command(b"ETRN " + b"a" * 5000).text == "500 5.5.2 Line too long"
     assert client.command("ETRN customer.example").code == 250
-    assert len(bridge.etrn_records()) == 1  # over-long lines never reach the service
+    assert len(bridge.etrn_records()) == 1  # beyond the audited limit, the reader discards
+
+
+def test_over_long_etrn_line_is_refused_501_and_audited(bridge: Bridge) -> None:
+    client = bridge.session()
+    # 5 + 505 + CRLF = 512 octets: the longest line allowed; its argument is merely bad.
+    assert client.command(b"ETRN " + b"a" * 505).code == 501
+    # Over the limit, even when what fits would parse as an allowed target.
+    padded = b"ETRN customer.example" + b" " * 600 + b"x"
+    assert client.command(padded).text == "501 5.5.4 Syntax Error in Parameters"
+    assert client.command(b"ETRN " + b"b" * 3000).code == 501
+    records = bridge.etrn_records()
+    assert [r["reply"] for r in records] == [501, 501, 501]
+    assert [r["reason"] for r in records[1:]] == ["command line too long"] * 2
+    assert records[1]["target"] is None and records[1]["decision"] is None
 
 
 def test_max_line_length_is_configurable(start_bridge: Callable[..., Bridge]) -> None:
