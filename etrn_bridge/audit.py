@@ -119,7 +119,12 @@ class AuditLog:
             if self._fd is not None:
                 # One write(2) per record on an O_APPEND descriptor: processes
                 # sharing the file (serve's workers, the CLI) never split a line.
-                os.write(self._fd, f"{line}\n".encode("ascii"))
+                try:
+                    os.write(self._fd, f"{line}\n".encode("ascii"))
+                except OSError as exc:
+                    # A full disk must not cost the client its reply; the record
+                    # goes to the log instead, so it is not lost.
+                    log.error("audit: cannot write to %s (%s): %s", self.path, exc, line)
             if self._syslog is not None:
                 _send_syslog(self._syslog, line)
 
@@ -127,10 +132,15 @@ class AuditLog:
         """Re-open the file after log rotation (SIGHUP)."""
         if self.path is None:
             return
+        try:
+            fd = self._open(self.path)
+        except OSError as exc:
+            log.error("audit: cannot re-open %s (%s): still writing the old file", self.path, exc)
+            return
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
-            self._fd = self._open(self.path)
+            self._fd = fd
 
     def close(self) -> None:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,29 @@ def test_syslog_receives_mail_facility_record(tmp_path: Path) -> None:
     server.close()
     assert datagram.startswith("<22>etrn-bridge[")  # LOG_MAIL(2)*8 + LOG_INFO(6)
     assert json.loads(datagram.split(": ", 1)[1])["reply"] == 500
+
+
+def test_full_disk_keeps_the_record_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit._fd = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
+    reply = audit.reply_and_record(
+        Request(Identity("127.0.0.1"), "customer.example"), Outcome(Status.MISSING_ARGUMENT)
+    )
+    audit.close()
+    assert reply.startswith("500 ")
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "etrn_bridge"]
+    assert "No space left on device" in message
+    assert json.loads(message.split("): ", 1)[1])["reply"] == 500
+
+
+def test_reopen_failure_keeps_writing_the_old_file(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    audit = AuditLog(directory / "audit.jsonl")
+    directory.rename(tmp_path / "moved")
+    (tmp_path / "logs").write_text("a file where the directory was")
+    audit.reopen()
+    audit.reply_and_record(Request(Identity("127.0.0.1"), ""), Outcome(Status.MISSING_ARGUMENT))
+    audit.close()
+    assert len((tmp_path / "moved" / "audit.jsonl").read_text().splitlines()) == 1
