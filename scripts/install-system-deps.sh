@@ -2,7 +2,7 @@
 # Debian packages the test suite uses as real third-party peers (root only).
 #   perl + Net::SMTP: a real client's ETRN; fetchmail: its "proto ETRN" mode;
 set -euo pipefail
-PACKAGES=(perl fetchmail)
+PACKAGES=(perl fetchmail sudo)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -12,7 +12,11 @@ Facts (measured on Exim 4.96, tests/mta/lab/README.md §4-5):
   they are done: the reply cannot wait for that. The flush returns once the
   process is started and hands the rest to ``FlushResult.completion``.
 * Named queues (``queue =`` ACL modifier, Exim >= 4.88): ``-bp -qG<name>``
-  lists one, ``-qfG<name>`` runs it once, forced.
+  lists one, ``-qfG<name>`` runs it once, forced (overriding ``hold_domains``).
+* A frozen message (``exim -Mf``, or frozen by Exim itself) is listed with
+  ``*** frozen ***``; ``-M`` thaws and delivers it ("Unfrozen by forced
+  delivery"), ``-qfG`` skips it. The bridge leaves frozen messages alone, as
+  Postfix's hold queue: a freeze is the operator's, not the customer's, to lift.
 """
 
 from __future__ import annotations
@@ -49,17 +53,19 @@ DEFAULT_DELIVERY_TIMEOUT = 600.0
 # one indented line per recipient; "D" marks a delivered one, "+D" a delivered
 # address generated from it. Ids: 16 characters up to 4.96, 23 from 4.97.
 _MESSAGE_LINE = re.compile(r"^\s*\d+[smhdwy]\s+\S+\s+(?P<id>[0-9A-Za-z]+(?:-[0-9A-Za-z]+){2})\s")
+_FROZEN = "*** frozen ***"
 _DELIVERED = re.compile(r"^\+?D\s")
 
 
 def parse_exim_bp(output: bytes, queue: str | None = None) -> list[QueuedMessage]:
-    """``exim -bp`` output; delivered recipients are left out."""
+    """``exim -bp`` output; delivered recipients and frozen messages are left out."""
     messages: list[QueuedMessage] = []
     queue_id: str | None = None
     recipients: list[str] = []
+    frozen = False
 
     def close() -> None:
-        if queue_id is not None:
+        if queue_id is not None and not frozen:
             messages.append(QueuedMessage(queue_id, tuple(recipients), queue))
 
     for raw in output.decode("utf-8", "surrogateescape").splitlines():
@@ -67,6 +73,7 @@ def parse_exim_bp(output: bytes, queue: str | None = None) -> list[QueuedMessage
         if header:
             close()
             queue_id, recipients = header["id"], []
+            frozen = raw.rstrip().endswith(_FROZEN)
         elif raw[:1].isspace() and raw.strip() and queue_id is not None:
             text = raw.strip()
             if not _DELIVERED.match(text):

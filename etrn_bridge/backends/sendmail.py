@@ -8,8 +8,10 @@ Facts (measured on Sendmail 8.17, tests/mta/lab/README.md §4-5):
 * ``-qI<id>`` selects by queue id; several ``-qI`` flags in one call are
   ORed. Sendmail forks the queue runner and the command returns at once.
 * Queue groups: ``-bp -qG<name>`` lists one (prints "Queue group <name>
-  unknown", still exit 0, for a group that does not exist); ``-qG<name>``
-  runs it.
+  unknown", still exit 0, for a group that does not exist); plain ``-bp``
+  lists every group. ``-qG<name>`` alone delivers nothing for the kit's
+  ``etrn`` mailer (``F=%``: only ``-qI/-qR/-qS`` runs deliver), so a group is
+  flushed as ``-qG<name> -qI<id>...`` with the ids its listing gave.
 """
 
 from __future__ import annotations
@@ -82,12 +84,10 @@ class SendmailBackend(MtaBackend):
         return parse_sendmail_bp(result.stdout)
 
     async def flush_selected(self, target: Target, queue_ids: tuple[str, ...]) -> FlushResult:
-        if target.kind is TargetKind.QUEUE:
-            argvs: list[tuple[str, ...]] = [("-qG" + target.name,)]
-        else:
-            # -qI is a substring match on the id too; whole ids of one queue
-            # are all the same length, so a whole id matches only itself.
-            argvs = [tuple("-qI" + queue_id for queue_id in chunk) for chunk in chunks(queue_ids)]
+        group = ("-qG" + target.name,) if target.kind is TargetKind.QUEUE else ()
+        # -qI is a substring match on the id too; whole ids of one queue
+        # are all the same length, so a whole id matches only itself.
+        argvs = [(*group, *("-qI" + queue_id for queue_id in chunk)) for chunk in chunks(queue_ids)]
         failed = await self.run_each(argvs)
         if failed is not None:
             return failure(failed)

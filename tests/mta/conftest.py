@@ -9,12 +9,15 @@ always run against what postfix/, exim/ and sendmail/ say today.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mtalab import LAB_DIR, MTA_LAB, MTAS, LabMta
+from mtalab import BRIDGE_USER, LAB_DIR, MTA_LAB, MTAS, LabMta
+
+SUDOERS_DROP_IN = Path("/etc/sudoers.d/etrn-bridge-mta-lab")
 
 
 def _skip_reason() -> str | None:
@@ -59,3 +62,24 @@ def mta(request: pytest.FixtureRequest, lab: dict[str, LabMta]) -> LabMta:
     chosen = lab[request.param]
     chosen.reset()
     return chosen
+
+
+@pytest.fixture
+def sudoers(lab: dict[str, LabMta], tmp_path: Path) -> Iterator[str]:
+    """The unprivileged bridge user, and the kits' sudoers lines (for the lab's
+    programs) installed while the test runs; yields the user name."""
+    if shutil.which("sudo") is None:
+        pytest.skip("sudo not installed: run scripts/install-system-deps.sh")
+    if subprocess.run(["id", BRIDGE_USER], capture_output=True, check=False).returncode:
+        # system user, own group, no home, no login shell
+        useradd = ["useradd", "-r", "-U", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin"]
+        subprocess.run([*useradd, BRIDGE_USER], check=True)
+    draft = tmp_path / "sudoers"
+    draft.write_text("".join(lab[m].kit_sudoers_line() + "\n" for m in ("exim", "sendmail")))
+    subprocess.run(["visudo", "-cf", str(draft)], capture_output=True, check=True)
+    draft.chmod(0o440)
+    shutil.copy2(draft, SUDOERS_DROP_IN)
+    try:
+        yield BRIDGE_USER
+    finally:
+        SUDOERS_DROP_IN.unlink()

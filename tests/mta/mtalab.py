@@ -17,11 +17,13 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from etrn_bridge.backends.base import Backend, create_backend
-from etrn_bridge.backends.exim import parse_exim_bp
-from etrn_bridge.backends.postfix import parse_postqueue_json
-from etrn_bridge.backends.sendmail import parse_sendmail_bp
+from etrn_bridge.backends.exim import EximBackend, parse_exim_bp
+from etrn_bridge.backends.mta import MtaBackend
+from etrn_bridge.backends.postfix import PostfixBackend, parse_postqueue_json
+from etrn_bridge.backends.sendmail import SendmailBackend, parse_sendmail_bp
 
 LAB_DIR = Path(__file__).parent / "lab"
+KIT_ROOT = Path(__file__).parents[2]
 MTA_LAB = Path(os.environ.get("ETRN_BRIDGE_MTA_LAB", "/opt/mta-lab"))
 MTAS = ("postfix", "exim", "sendmail")
 
@@ -36,7 +38,18 @@ RECIPIENTS = (
     "customer.test@noflush.test",
 )
 NODE = {"user@customer.test", "USER@CUSTOMER.TEST"}
+# The lab's Exim and Sendmail keep this domain's mail in the named queue /
+# queue group NAMED_QUEUE (lib.sh); Postfix gets it as a "queues:" mapping.
+QUEUED = "user@queued.test"
+NAMED_QUEUE = "acme"
 SUBTREE = NODE | {"user@sub.customer.test"}
+BACKEND_CLASSES: dict[str, type[MtaBackend]] = {
+    "postfix": PostfixBackend,
+    "exim": EximBackend,
+    "sendmail": SendmailBackend,
+}
+# The unprivileged user the kits' READMEs run the bridge as (sudoers lines).
+BRIDGE_USER = "etrn-bridge"
 # How long "nothing else arrives" is watched after the expected mail came.
 QUIET_PERIOD = 1.0
 
@@ -69,6 +82,12 @@ class LabMta:
             int(env[f"{prefix}_SINK_PORT"]),
         )
 
+    def kit_sudoers_line(self) -> str:
+        """The sudoers line of the MTA's kit README, for the lab's program."""
+        readme = (KIT_ROOT / self.name / "README.md").read_text()
+        line = next(x for x in readme.splitlines() if x.startswith(f"{BRIDGE_USER} ALL="))
+        return line.replace(BACKEND_CLASSES[self.name].default_program, self.program)
+
     @property
     def backend_options(self) -> dict[str, object]:
         return {"type": self.name, self.program_option: self.program}
@@ -100,8 +119,12 @@ class LabMta:
         self.script("sink-start")
         self.sent.clear()
 
-    def inject(self, recipients: tuple[str, ...] = RECIPIENTS) -> None:
-        """Queue one message per recipient over SMTP; the kits keep them queued."""
+    def inject(self, recipients: tuple[str, ...] = RECIPIENTS, queue: str | None = None) -> None:
+        """Queue one message per recipient over SMTP; the kits keep them queued.
+
+        ``queue``: the named queue / queue group the lab routes them to.
+        """
+        before = len(self.listing(queue))
         with smtplib.SMTP("127.0.0.1", self.smtp_port, local_hostname="client.test") as smtp:
             for rcpt in recipients:
                 message = EmailMessage()
@@ -113,32 +136,30 @@ class LabMta:
                 data = message.as_bytes(policy=email.policy.SMTP)
                 smtp.sendmail("sender@client.test", [rcpt], data)
                 self.sent[rcpt] = body_of(data)
-        self.wait_queued(len(recipients))
+        self.wait_queued(before + len(recipients), queue)
 
-    def listing(self) -> list[tuple[str, tuple[str, ...], str | None]]:
+    def listing(self, queue: str | None = None) -> list[tuple[str, tuple[str, ...], str | None]]:
+        """The queue (Exim: the default or the named one; Postfix has no named
+        queues, Sendmail's plain -bp lists every group)."""
         if self.name == "postfix":
             out = run([self.program, "-j"])
             return [(m.queue_id, m.recipients, m.queue) for m in parse_postqueue_json(out)]
-        if self.name == "exim":
-            return [
-                (m.queue_id, m.recipients, "queued")
-                for m in parse_exim_bp(run([self.program, "-bp"]))
-            ]
-        out = run([self.program, "-bp"])
-        return [(m.queue_id, m.recipients, "queued") for m in parse_sendmail_bp(out)]
+        out = run([self.program, "-bp", *(["-qG" + queue] if queue else [])])
+        parse = parse_exim_bp if self.name == "exim" else parse_sendmail_bp
+        return [(m.queue_id, m.recipients, "queued") for m in parse(out)]
 
-    def wait_queued(self, count: int, timeout: float = 15) -> None:
+    def wait_queued(self, count: int, queue: str | None = None, timeout: float = 15) -> None:
         # Postfix: deferred, not just arrived (a flush moves deferred mail).
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            listed = self.listing()
+            listed = self.listing(queue)
             if len(listed) == count and all(q in ("deferred", "queued") for *_, q in listed):
                 return
             time.sleep(0.05)
-        raise AssertionError(f"{self.name}: {count} messages not queued: {self.listing()}")
+        raise AssertionError(f"{self.name}: {count} messages not queued: {self.listing(queue)}")
 
-    def queued_recipients(self) -> set[str]:
-        return {rcpt for _, rcpts, _ in self.listing() for rcpt in rcpts}
+    def queued_recipients(self, queue: str | None = None) -> set[str]:
+        return {rcpt for _, rcpts, _ in self.listing(queue) for rcpt in rcpts}
 
     def received(self) -> dict[str, bytes]:
         """Envelope recipient -> body, of every message at the sink."""

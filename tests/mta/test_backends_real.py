@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mtalab import LAB_DIR, NODE, RECIPIENTS, SUBTREE, LabMta
+from mtalab import LAB_DIR, NODE, RECIPIENTS, SUBTREE, LabMta, run
 
 from etrn_bridge.request import FlushResult
 from etrn_bridge.target import parse_target
@@ -241,3 +241,17 @@ async def test_exim_slow_delivery_completes_after_the_reply(
     finally:
         sink.terminate()
         sink.wait()
+
+
+async def test_exim_frozen_message_is_left_alone(lab: dict[str, LabMta]) -> None:
+    """exim -M would thaw a frozen message; the bridge neither counts nor flushes it."""
+    mta = lab["exim"]
+    mta.reset()
+    mta.inject()
+    frozen = next(qid for qid, rcpts, _ in mta.listing() if rcpts == ("USER@CUSTOMER.TEST",))
+    subprocess.run([mta.program, "-Mf", frozen], capture_output=True, check=True)
+    assert await mta.backend().pending(parse_target("customer.test")) == 1
+    result = await flush(mta, "customer.test")
+    assert result.pending == 1 and frozen not in result.queue_ids
+    assert set(mta.wait_received(NODE)) == {"user@customer.test"}
+    assert f"{frozen} <sender@client.test> *** frozen ***" in run([mta.program, "-bp"]).decode()

@@ -13,13 +13,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mtalab import NODE, RECIPIENTS, SUBTREE, LabMta
+from mtalab import NAMED_QUEUE, NODE, QUEUED, RECIPIENTS, SUBTREE, LabMta
 
-POLICY_TARGETS = ["customer.test", "@customer.test", "sub.customer.test", "nothing.test"]
+POLICY_TARGETS = [
+    "customer.test",
+    "@customer.test",
+    "sub.customer.test",
+    "nothing.test",
+    "#" + NAMED_QUEUE,
+]
 
 
 @dataclass
@@ -62,15 +69,18 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
     raise AssertionError("bridge did not listen")
 
 
-@pytest.fixture
-def bridge(mta: LabMta, tmp_path: Path) -> Iterator[Bridge]:
+@contextmanager
+def running_bridge(
+    tmp_path: Path, backend: dict[str, object], user: str | None = None
+) -> Iterator[Bridge]:
+    """``etrn-bridge serve`` as root (binding, opening the audit), as ``user`` after."""
     port = free_port()
-    options = ", ".join(f"{key}: {value}" for key, value in mta.backend_options.items())
     config = tmp_path / "etrn-bridge.yaml"
     config.write_text(
         f"""\
 listen: ["127.0.0.1:{port}"]
-backend: {{{options}}}
+{f"user: {user}" if user else ""}
+backend: {json.dumps(backend)}
 audit: {{file: {tmp_path / "audit.jsonl"}}}
 policy:
   clients:
@@ -90,6 +100,12 @@ policy:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def bridge(mta: LabMta, tmp_path: Path) -> Iterator[Bridge]:
+    with running_bridge(tmp_path, mta.backend_options) as running:
+        yield running
 
 
 def test_etrn_node(mta: LabMta, bridge: Bridge) -> None:
@@ -155,3 +171,56 @@ def test_etrn_with_mta_stopped(mta: LabMta, bridge: Bridge) -> None:
             assert set(mta.wait_received(NODE)) == NODE
     finally:
         mta.script("start")
+
+
+def test_etrn_named_queue(mta: LabMta, tmp_path: Path) -> None:
+    """Exim's named queue / Sendmail's queue group "acme" (queued.test's mail,
+    lab config); Postfix maps the name to the domain (queues:)."""
+    mta.inject()
+    mta.inject((QUEUED,), queue=NAMED_QUEUE)
+    backend = {**mta.backend_options}
+    if mta.name == "postfix":
+        backend["queues"] = {NAMED_QUEUE: ["queued.test"]}
+    with running_bridge(tmp_path, backend) as bridge:
+        code, text = bridge.etrn("#" + NAMED_QUEUE)
+        assert code == 253 and "1 pending message" in text, text
+        received = mta.wait_received({QUEUED})
+        assert set(received) == {QUEUED} and received[QUEUED] == mta.sent[QUEUED]
+        assert bridge.records()[0]["pending"] == 1
+    assert mta.queued_recipients() == set(RECIPIENTS)  # the default queue stays
+
+
+@pytest.mark.parametrize("name", ["exim", "sendmail"])
+def test_unprivileged_bridge_through_sudo(
+    lab: dict[str, LabMta], sudoers: str, tmp_path: Path, name: str
+) -> None:
+    """serve drops to the kits' user; the kit README's sudoers line lets
+    ``sudo -n`` run exactly the MTA commands the bridge needs as root."""
+    mta = lab[name]
+    mta.reset()
+    mta.inject()
+    sudo = {**mta.backend_options, "command_prefix": ["/usr/bin/sudo", "-n"]}
+    with running_bridge(tmp_path, sudo, user=sudoers) as bridge:
+        code, text = bridge.etrn("customer.test")
+        assert code == 253 and "2 pending messages" in text, text
+        assert set(mta.wait_received(NODE)) == NODE
+        assert mta.queued_recipients() == set(RECIPIENTS) - NODE
+        assert bridge.records()[0]["reply"] == 253
+
+
+@pytest.mark.parametrize("name", ["exim", "sendmail"])
+def test_unprivileged_bridge_without_sudo(
+    lab: dict[str, LabMta], sudoers: str, tmp_path: Path, name: str
+) -> None:
+    """The same user calling the MTA directly: 458, the MTA's refusal audited."""
+    mta = lab[name]
+    mta.reset()
+    mta.inject()
+    with running_bridge(tmp_path, mta.backend_options, user=sudoers) as bridge:
+        code, _ = bridge.etrn("customer.test")
+        record = bridge.records()[0]
+    assert code == 458
+    # each MTA's own words on stderr (Sendmail's "Permission denied" is on stdout)
+    refusal = {"exim": "exim: permission denied", "sendmail": "requires special privileges"}
+    assert refusal[name] in str(record["detail"])
+    assert mta.wait_received(set()) == {}
