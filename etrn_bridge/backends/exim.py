@@ -89,6 +89,7 @@ class EximBackend(MtaBackend):
     program_option = "exim"
     # Debian's exim4-daemon-* packages install the binary as exim4.
     default_program = "/usr/sbin/exim4"
+    command_samples = (("-bp",), ("-M", "1xXKGZ-0002OT-0d"))
     extra_options: ClassVar[Mapping[str, Any]] = {
         "delivery_timeout": {
             "type": "number",

@@ -180,6 +180,9 @@ class MtaBackend(ABC):
     program_option: ClassVar[str]  # "postqueue", "exim", "sendmail"
     default_program: ClassVar[str]
     extra_options: ClassVar[Mapping[str, Any]] = {}
+    # The command forms this backend runs (listing, then flushing), with sample
+    # arguments: doctor asks sudo whether the bridge's user may run each.
+    command_samples: ClassVar[tuple[tuple[str, ...], ...]]
     options_schema: ClassVar[dict[str, Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -70,6 +70,7 @@ class PostfixBackend(MtaBackend):
     program_option = "postqueue"
     # Debian's postfix package (and upstream's default command_directory).
     default_program = "/usr/sbin/postqueue"
+    command_samples = (("-j",), ("-s", "customer.example"), ("-i", "4B3C2D1E0F"))
     extra_options: ClassVar[Mapping[str, Any]] = {
         "queues": {
             "type": "object",

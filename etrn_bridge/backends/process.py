@@ -45,8 +45,9 @@ class ProgramResult:
             return self.error
         if self.timed_out:
             return "timed out"
-        text = (self.stderr or self.stdout).decode("utf-8", "replace").strip()
-        return " | ".join(text.splitlines())[:MAX_DETAIL_CHARS]
+        # Both streams: Sendmail, for one, says why it failed partly on stdout.
+        text = b"\n".join((self.stderr, self.stdout)).decode("utf-8", "replace")
+        return " | ".join(line for line in text.splitlines() if line.strip())[:MAX_DETAIL_CHARS]
 
 
 def program_environment() -> dict[str, str]:

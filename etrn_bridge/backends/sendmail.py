@@ -73,6 +73,7 @@ class SendmailBackend(MtaBackend):
     program_option = "sendmail"
     # Debian's sendmail-bin (a symlink to the MTA's binary, like every other MTA's).
     default_program = "/usr/sbin/sendmail"
+    command_samples = (("-bp",), ("-qI6ASFN95v009494",))
 
     async def list_queue(self, target: Target) -> list[QueuedMessage]:
         group = target.kind is TargetKind.QUEUE

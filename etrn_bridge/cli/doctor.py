@@ -14,7 +14,7 @@ import pwd
 from collections.abc import Sequence
 
 from etrn_bridge.backends.base import create_backend
-from etrn_bridge.backends.mta import Level, MtaBackend
+from etrn_bridge.backends.mta import Finding, Level, MtaBackend
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config
 
@@ -29,12 +29,48 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(run=run)
 
 
+def uses_sudo(command_prefix: Sequence[str]) -> bool:
+    return bool(command_prefix) and os.path.basename(command_prefix[0]) == "sudo"
+
+
+def bridge_user(config_user: str | None) -> str:
+    """Who the bridge runs as: ``user:`` (serve drops to it), else whoever runs doctor."""
+    return config_user or pwd.getpwuid(os.geteuid()).pw_name
+
+
 def flushing_user(command_prefix: Sequence[str], config_user: str | None) -> str:
     """Who runs the MTA commands: sudo's target user, else the bridge's own user."""
-    if command_prefix and os.path.basename(command_prefix[0]) == "sudo":
+    if uses_sudo(command_prefix):
         prefix = list(command_prefix)
         return prefix[prefix.index("-u") + 1] if "-u" in prefix[:-1] else "root"
-    return config_user or pwd.getpwuid(os.geteuid()).pw_name
+    return bridge_user(config_user)
+
+
+async def check_sudo(backend: MtaBackend, user: str) -> list[Finding]:
+    """May ``user`` run each of the backend's commands through the configured sudo?
+
+    Doctor usually runs as root, for whom sudo always works; ``sudo -l -U USER
+    COMMAND`` asks the sudoers policy about the bridge's own user instead.
+    """
+    sudo, *options = backend.command_prefix
+    findings = []
+    for sample in backend.command_samples:
+        command = [backend.program, *backend.args, *sample]
+        # Only root may ask about another user; anyone may ask about themselves.
+        about = ["-U", user] if os.geteuid() == 0 else []
+        listed = await backend.run_argv([sudo, "-l", *about, *options, *command])
+        shown = " ".join(command)
+        if listed.ok:
+            findings.append(Finding(Level.OK, f"sudo lets {user} run: {shown}"))
+        else:
+            findings.append(
+                Finding(
+                    Level.FIX,
+                    f"sudo does not let {user} run: {shown} "
+                    f"(add the sudoers line of the {backend.name}/README.md kit)",
+                )
+            )
+    return findings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +89,9 @@ async def diagnose(config: Config, backend: MtaBackend) -> int:
     targets = [target for entry in config.policy.allow for target in entry.targets]
     print(f"backend {backend.name}: {' '.join(backend.command())} (commands run as {user})")
     findings = await backend.diagnose(user, targets)
+    runs_as = bridge_user(config.user)
+    if uses_sudo(backend.command_prefix) and runs_as != "root":
+        findings.extend(await check_sudo(backend, runs_as))
     for finding in findings:
         print(f"{MARKS[finding.level]} {finding.text}")
     ready = all(finding.level is not Level.FIX for finding in findings)

@@ -7,15 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mtalab import NODE, LabMta
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
-def write_config(tmp_path: Path, backend: dict[str, object]) -> Path:
+def write_config(tmp_path: Path, backend: dict[str, object], user: str | None = None) -> Path:
     config = tmp_path / "etrn-bridge.yaml"
     config.write_text(
-        f"""\
+        (f"user: {user}\n" if user else "")
+        + f"""\
 listen: ["127.0.0.1:2599"]
 backend: {json.dumps(backend)}
 policy:
@@ -49,6 +51,21 @@ def test_doctor_not_ready_for_an_unprivileged_user(mta: LabMta, tmp_path: Path) 
     done = cli("doctor", "-c", str(write_config(tmp_path, backend)))
     assert done.returncode == 1
     assert "FIX" in done.stdout and "NOT ready" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["exim", "sendmail"])
+def test_doctor_checks_the_sudoers_policy_of_the_bridge_user(
+    lab: dict[str, LabMta], sudoers: str, tmp_path: Path, name: str
+) -> None:
+    """doctor runs as root (sudo always works for root) but asks sudo about the
+    bridge's own user: ready with the kit's sudoers line, FIX for a user without one."""
+    backend = {**lab[name].backend_options, "command_prefix": ["/usr/bin/sudo", "-n"]}
+    allowed = cli("doctor", "-c", str(write_config(tmp_path, backend, user=sudoers)))
+    assert allowed.returncode == 0, allowed.stdout
+    assert allowed.stdout.count(f"sudo lets {sudoers} run:") == 2
+    refused = cli("doctor", "-c", str(write_config(tmp_path, backend, user="nobody")))
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stdout.count("FIX    sudo does not let nobody run:") == 2
 
 
 def test_flush_dry_run_then_flush(mta: LabMta, tmp_path: Path) -> None:
