@@ -235,7 +235,7 @@ def _unreachable_problems(policy: Policy) -> list[PolicyProblem]:
         shadowing: dict[str, Entry] = {}
         for target in entry.targets:
             found = next(
-                (other for _, other in policy.candidates(target) if shadows(other, entry)), None
+                (other for _, other in policy.covering(target) if shadows(other, entry)), None
             )
             if found is None:
                 break

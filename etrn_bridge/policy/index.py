@@ -74,18 +74,39 @@ class TargetIndex(Generic[T]):
     ``@x`` and every name (or ``@name``) under ``x``; ``#q`` covers ``#q``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, find_inside: bool = False) -> None:
         self._exact: dict[Target, list[T]] = {}
         self._subtree: dict[str, list[T]] = {}
+        # With find_inside (deny entries), every domain target is also filed under
+        # its own name and each parent name, so :meth:`inside` finds what an ``@``
+        # request would take in. Allow entries never need it: it would only cost memory.
+        self._inside: dict[str, list[tuple[Target, T]]] | None = {} if find_inside else None
 
     def add(self, target: Target, value: T) -> None:
         if target.kind is TargetKind.SUBTREE:
             self._subtree.setdefault(target.name, []).append(value)
         else:
             self._exact.setdefault(target, []).append(value)
+        if (
+            self._inside is not None
+            and target.kind is not TargetKind.QUEUE
+            and not target.is_address_literal
+        ):
+            name = target.name
+            while True:
+                self._inside.setdefault(name, []).append((target, value))
+                dot = name.find(".")
+                if dot < 0:
+                    break
+                name = name[dot + 1 :]
 
     def __len__(self) -> int:
         return len(self._exact) + len(self._subtree)
+
+    def inside(self, target: Target) -> Iterator[tuple[Target, T]]:
+        """(policy target, value) for every target that an ``@`` request would take in."""
+        if target.kind is TargetKind.SUBTREE and self._inside is not None:
+            yield from self._inside.get(target.name, ())
 
     def covering(self, target: Target) -> Iterator[tuple[Target, T]]:
         """(policy target, value) for every value whose target covers ``target``."""

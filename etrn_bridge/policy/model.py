@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from etrn_bridge.policy.index import Address, NetworkSet, TargetIndex, client_address
 from etrn_bridge.policy.limits import EntryLimits
 from etrn_bridge.request import Decision, Identity
-from etrn_bridge.target import Target
+from etrn_bridge.target import Target, TargetKind
 
 FINGERPRINT_PREFIX = "sha256:"
 _HEX_DIGEST = re.compile(r"[0-9A-F]{64}\Z")
@@ -134,7 +134,7 @@ class Policy:
     allow: tuple[Entry, ...] = ()
     deny: tuple[Entry, ...] = ()
     allow_index: TargetIndex[Entry] = field(default_factory=TargetIndex)
-    deny_index: TargetIndex[Entry] = field(default_factory=TargetIndex)
+    deny_index: TargetIndex[Entry] = field(default_factory=lambda: TargetIndex(find_inside=True))
     deny_everywhere: tuple[Entry, ...] = ()  # deny entries without targets: every target
     by_id: Mapping[str, Entry] = field(default_factory=dict)
 
@@ -142,7 +142,7 @@ class Policy:
     def build(cls, allow: Iterable[Entry], deny: Iterable[Entry]) -> Policy:
         allow, deny = tuple(allow), tuple(deny)
         allow_index: TargetIndex[Entry] = TargetIndex()
-        deny_index: TargetIndex[Entry] = TargetIndex()
+        deny_index: TargetIndex[Entry] = TargetIndex(find_inside=True)
         for entry in allow:
             for target in entry.targets:
                 allow_index.add(target, entry)
@@ -157,12 +157,19 @@ class Policy:
     def uses_rdns(self) -> bool:
         return any(entry.rdns for entry in (*self.allow, *self.deny))
 
-    def candidates(self, target: Target) -> Iterator[tuple[Target | None, Entry]]:
+    def covering(self, target: Target) -> Iterator[tuple[Target | None, Entry]]:
         """Entries that cover ``target``, deny entries first, with the policy target that does."""
         for entry in self.deny_everywhere:
             yield None, entry
         yield from self.deny_index.covering(target)
         yield from self.allow_index.covering(target)
+
+    def candidates(self, target: Target) -> Iterator[tuple[Target | None, Entry]]:
+        """Entries that may decide ``target``: those covering it, and deny entries that
+        name anything under an ``@x`` request (``old.x``, or ``x`` itself): the flush of
+        the subtree would take that mail too, so they refuse the whole request."""
+        yield from self.covering(target)
+        yield from self.deny_index.inside(target)
 
     def needs_rdns(self, target: Target) -> bool:
         """Whether deciding on ``target`` may depend on the client's verified host name."""
@@ -196,12 +203,24 @@ class Policy:
 
 
 def _decision(entry: Entry, policy_target: Target | None, target: Target) -> Decision:
-    covered = "every target" if policy_target is None else f"target {policy_target}"
+    if policy_target is None:
+        relation = f"every target covers {target}"
+    elif _covers(policy_target, target):
+        relation = f"target {policy_target} covers {target}"
+    else:
+        relation = f"target {policy_target} lies inside {target}"
     client = ", ".join(entry.matcher_kinds()) or "any client"
     verb = "allowed" if entry.allow else "denied"
     return Decision(
         entry.allow,
         entry.id,
-        f"{verb} by {entry.section} entry {entry.id!r}: {covered} covers {target}; "
-        f"client matched by {client}",
+        f"{verb} by {entry.section} entry {entry.id!r}: {relation}; client matched by {client}",
+    )
+
+
+def _covers(policy_target: Target, target: Target) -> bool:
+    if policy_target == target:
+        return True
+    return policy_target.kind is TargetKind.SUBTREE and (
+        target.name == policy_target.name or target.name.endswith("." + policy_target.name)
     )

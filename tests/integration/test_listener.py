@@ -355,3 +355,16 @@ def test_many_concurrent_sessions(bridge: Bridge) -> None:
         client.send("ETRN customer.example")
     assert all(client.read_reply().code == 250 for client in clients)
     assert len(bridge.etrn_records()) == 50
+
+
+def test_subtree_request_over_a_denied_name_is_refused(start_bridge: Callable[..., Bridge]) -> None:
+    bridge = start_bridge({"policy": {"deny": [{"id": "frozen", "targets": ["old.customer.net"]}]}})
+    client = bridge.session()
+    assert client.command("ETRN @customer.net").text == (
+        "459 4.7.1 Node @customer.net not allowed: not authorized"
+    )
+    assert client.command("ETRN www.customer.net").code == 250
+    assert [(r["target"], r["rule"]) for r in bridge.etrn_records()] == [
+        ("@customer.net", "frozen"),
+        ("www.customer.net", "loopback"),
+    ]

@@ -52,12 +52,15 @@ CASES = [
     ("192.0.2.10", "@acme.example", {}, (), False, None),  # 'x' does not cover '@x'
     ("192.0.2.10", "acme.net", {}, (), True, "acme"),  # '@x' covers x
     ("192.0.2.10", "a.b.acme.net", {}, (), True, "acme"),
-    ("192.0.2.10", "@b.acme.net", {}, (), True, "acme"),
     ("192.0.2.10", "notacme.net", {}, (), False, None),  # no substring matching
     ("192.0.2.10", "acme.net.evil.example", {}, (), False, None),
     ("192.0.2.10", "#acme", {}, (), True, "acme"),
     ("192.0.2.10", "#other", {}, (), False, None),
     ("192.0.2.10", "old.acme.net", {}, (), False, "frozen"),  # deny wins over '@acme.net'
+    # '@acme.net' would take old.acme.net's mail in too: the denied name inside refuses it.
+    ("192.0.2.10", "@acme.net", {}, (), False, "frozen"),
+    ("192.0.2.10", "@old.acme.net", {}, (), False, "frozen"),
+    ("192.0.2.10", "@b.acme.net", {}, (), True, "acme"),  # old.acme.net is not under b
     ("192.0.2.66", "acme.example", {}, (), False, "blocked-host"),  # deny without targets
     ("192.0.3.10", "acme.example", {}, (), False, None),
     ("2001:db8:1:ff::7", "acme.example", {}, (), True, "acme"),
@@ -127,3 +130,32 @@ def test_reason_names_the_entry_and_the_covering_target(policy: Policy) -> None:
         "allowed by clients entry 'acme': target @acme.net covers x.acme.net; "
         "client matched by networks"
     )
+
+
+def test_deny_inside_a_subtree_request_says_so(policy: Policy) -> None:
+    decision = policy.decide(Identity("192.0.2.10"), parse_target("@acme.net"))
+    assert decision.reason == (
+        "denied by deny entry 'frozen': target old.acme.net lies inside @acme.net; "
+        "client matched by any client"
+    )
+
+
+def test_deny_of_a_node_refuses_the_subtree_of_that_node() -> None:
+    policy = parse_config(
+        """
+policy:
+  clients:
+    - id: acme
+      networks: ["192.0.2.0/24"]
+      targets: ["@acme.example"]
+  deny:
+    - id: apex-frozen
+      targets: ["acme.example"]
+""",
+        Path("/nonexistent/etrn.yaml"),
+    ).policy
+    identity = Identity("192.0.2.1")
+    assert policy.decide(identity, parse_target("@acme.example")).rule == "apex-frozen"
+    assert not policy.decide(identity, parse_target("@acme.example")).allowed
+    assert policy.decide(identity, parse_target("www.acme.example")).allowed
+    assert policy.decide(identity, parse_target("@www.acme.example")).allowed
