@@ -73,6 +73,9 @@ class FlushResult:
     detail: str = ""
     queue_ids: tuple[str, ...] = ()
     unsupported: bool = False  # e.g. "#queue" on Postfix without a mapping
+    # Selected messages that also have recipients outside the target: the MTA
+    # flushes whole messages, so those recipients are attempted too (audited).
+    shared: int = 0
     # Set when the flush goes on after the reply (Exim's -R runs deliveries in the
     # foreground): the service awaits it in the background and audits its end.
     completion: asyncio.Future[FlushResult] | None = field(default=None, compare=False)

@@ -14,7 +14,7 @@ import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Self
 
 import idna
@@ -79,16 +79,30 @@ def recipient_domain(address: str) -> str | None:
         return None
 
 
-def select_messages(messages: Iterable[QueuedMessage], covers: DomainPredicate) -> tuple[str, ...]:
-    """Queue ids of the messages with at least one recipient whose domain is covered."""
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The messages a target selects. ``shared`` counts those that also have
+    recipients outside it: every MTA flushes whole messages, so those go too."""
+
+    queue_ids: tuple[str, ...]
+    shared: int = 0
+
+
+def select_messages(messages: Iterable[QueuedMessage], covers: DomainPredicate) -> Selection:
+    """The messages with at least one recipient whose domain is covered."""
     selected: list[str] = []
+    shared = 0
     for message in messages:
-        for address in message.recipients:
-            domain = recipient_domain(address)
-            if domain is not None and covers(domain):
-                selected.append(message.queue_id)
-                break
-    return tuple(selected)
+        covered = [_covered(address, covers) for address in message.recipients]
+        if any(covered):
+            selected.append(message.queue_id)
+            shared += not all(covered)
+    return Selection(tuple(selected), shared)
+
+
+def _covered(address: str, covers: DomainPredicate) -> bool:
+    domain = recipient_domain(address)
+    return domain is not None and covers(domain)
 
 
 def chunks(items: Sequence[str], size: int = MAX_IDS_PER_RUN) -> list[Sequence[str]]:
@@ -241,7 +255,7 @@ class MtaBackend(ABC):
 
     # -- the Backend protocol ---------------------------------------------------------
 
-    async def selected(self, target: Target) -> tuple[str, ...] | None:
+    async def selected(self, target: Target) -> Selection | None:
         covers = self.covers(target)
         if covers is None:
             return None
@@ -249,26 +263,27 @@ class MtaBackend(ABC):
 
     async def pending(self, target: Target) -> int | None:
         try:
-            ids = await self.selected(target)
+            selection = await self.selected(target)
         except (ListingError, UnknownQueue):
             return None
-        return None if ids is None else len(ids)
+        return None if selection is None else len(selection.queue_ids)
 
     async def flush(self, target: Target) -> FlushResult:
         try:
-            ids = await self.selected(target)
+            selection = await self.selected(target)
         except ListingError as exc:
             return FlushResult(started=False, exit_status=exc.result.exit_status, detail=exc.reason)
         except UnknownQueue as exc:
             return FlushResult(started=False, unsupported=True, detail=str(exc))
-        if ids is None:
+        if selection is None:
             return FlushResult(
                 started=False, unsupported=True, detail=f"{self.name}: no queue named {target}"
             )
-        if not ids:
+        if not selection.queue_ids:
             # Nothing waiting: no flush at all (251).
             return FlushResult(started=True, pending=0)
-        return await self.flush_selected(target, ids)
+        result = await self.flush_selected(target, selection.queue_ids)
+        return replace(result, shared=selection.shared)
 
     async def run_each(
         self, argvs: Iterable[Sequence[str]], timeout: float | None = None

@@ -48,16 +48,21 @@ async def dry_run(backend: Backend, target: Target) -> int:
         print(f"{target}: the {backend.name} backend cannot list a queue")
         return 1
     try:
-        ids = await backend.selected(target)
+        selection = await backend.selected(target)
     except (ListingError, UnknownQueue) as exc:
         print(f"{target}: cannot list the queue: {exc}")
         return 1
-    if ids is None:
+    if selection is None:
         print(f"{target}: not supported by the {backend.name} backend")
         return 1
-    for queue_id in ids:
+    for queue_id in selection.queue_ids:
         print(queue_id)
-    print(f"{target}: {len(ids)} message(s) would be flushed")
+    print(f"{target}: {len(selection.queue_ids)} message(s) would be flushed")
+    if selection.shared:
+        print(
+            f"{target}: {selection.shared} of them also have recipients elsewhere; "
+            "the MTA delivers whole messages, so those are attempted too"
+        )
     return 0
 
 
@@ -79,4 +84,5 @@ def describe(target: Target, result: FlushResult) -> str:
         return f"{target}: no messages waiting"
     ids = " ".join(result.queue_ids)
     count = "unknown number of" if result.pending is None else str(result.pending)
-    return f"{target}: flush started for {count} message(s) {ids}".rstrip()
+    shared = f" ({result.shared} also addressed elsewhere)" if result.shared else ""
+    return f"{target}: flush started for {count} message(s){shared} {ids}".rstrip()

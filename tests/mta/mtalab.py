@@ -119,24 +119,32 @@ class LabMta:
         self.script("sink-start")
         self.sent.clear()
 
-    def inject(self, recipients: tuple[str, ...] = RECIPIENTS, queue: str | None = None) -> None:
+    def inject(
+        self,
+        recipients: tuple[str, ...] = RECIPIENTS,
+        queue: str | None = None,
+        together: bool = False,
+    ) -> None:
         """Queue one message per recipient over SMTP; the kits keep them queued.
 
         ``queue``: the named queue / queue group the lab routes them to.
+        ``together``: one message to all the recipients instead.
         """
         before = len(self.listing(queue))
+        groups = [recipients] if together else [(rcpt,) for rcpt in recipients]
         with smtplib.SMTP("127.0.0.1", self.smtp_port, local_hostname="client.test") as smtp:
-            for rcpt in recipients:
+            for group in groups:
                 message = EmailMessage()
                 message["From"] = "sender@client.test"
-                message["To"] = rcpt
-                message["Subject"] = f"etrn-bridge test {rcpt}"
-                message.set_content(f"for {rcpt}\nnonce {uuid.uuid4()}\n")
+                message["To"] = ", ".join(group)
+                message["Subject"] = f"etrn-bridge test {group[0]}"
+                message.set_content(f"for {' '.join(group)}\nnonce {uuid.uuid4()}\n")
                 # CRLF everywhere: Sendmail 8.17 drops a connection on a bare LF.
                 data = message.as_bytes(policy=email.policy.SMTP)
-                smtp.sendmail("sender@client.test", [rcpt], data)
-                self.sent[rcpt] = body_of(data)
-        self.wait_queued(before + len(recipients), queue)
+                smtp.sendmail("sender@client.test", list(group), data)
+                for rcpt in group:
+                    self.sent[rcpt] = body_of(data)
+        self.wait_queued(before + len(groups), queue)
 
     def listing(self, queue: str | None = None) -> list[tuple[str, tuple[str, ...], str | None]]:
         """The queue (Exim: the default or the named one; Postfix has no named

@@ -121,6 +121,20 @@ def test_etrn_node(mta: LabMta, bridge: Bridge) -> None:
     assert len(record["queue_ids"]) == 2  # type: ignore[arg-type]
 
 
+def test_message_also_addressed_elsewhere_goes_whole_and_is_audited(
+    mta: LabMta, bridge: Bridge
+) -> None:
+    """Measured on all three: a flush delivers the whole message, the recipient at
+    another (even non-eligible, held) domain included. The audit says so."""
+    both = ("user@customer.test", "other@noflush.test")
+    mta.inject(both, together=True)
+    code, text = bridge.etrn("customer.test")
+    assert code == 253 and "1 pending messages" in text, text
+    assert set(mta.wait_received(set(both))) == set(both)
+    record = bridge.records()[0]
+    assert (record["pending"], record["shared_messages"]) == (1, 1)
+
+
 def test_etrn_subtree(mta: LabMta, bridge: Bridge) -> None:
     mta.inject()
     code, text = bridge.etrn("@customer.test")

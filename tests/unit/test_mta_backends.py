@@ -30,8 +30,18 @@ def read(name: str) -> bytes:
 
 
 def selected_recipients(messages: list[QueuedMessage], target: str) -> set[str]:
-    ids = set(select_messages(messages, parse_target(target).covers_domain))
+    ids = set(select_messages(messages, parse_target(target).covers_domain).queue_ids)
     return {r for m in messages if m.queue_id in ids for r in m.recipients}
+
+
+def test_selection_counts_messages_also_addressed_elsewhere() -> None:
+    messages = parse_postqueue_json(read("postqueue-j.jsonl"))
+    selection = select_messages(messages, parse_target("customer.test").covers_domain)
+    # user@Customer.Test shares its queue file with other@noflush.test.
+    assert selection.shared == 1
+    assert len(selection.queue_ids) == 3
+    only_own = select_messages(messages, parse_target("sub.customer.test").covers_domain)
+    assert (len(only_own.queue_ids), only_own.shared) == (1, 0)
 
 
 def test_postqueue_json() -> None:
