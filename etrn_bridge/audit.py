@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from etrn_bridge.replies import reply_code, reply_for
-from etrn_bridge.request import Outcome, Request
+from etrn_bridge.request import FlushResult, Outcome, Request
+from etrn_bridge.target import Target
 
 # The raw argument is kept in full up to this many characters (the line limit is lower).
 MAX_ARGUMENT_CHARS = 1024
@@ -75,6 +76,27 @@ def request_record(request: Request, outcome: Outcome, reply: str) -> dict[str, 
         "detail": flush.detail if flush and flush.detail else None,
         "duration_ms": round(outcome.duration * 1000, 3),
         **outcome.extra,
+    }
+
+
+def flush_record(
+    event: str, target: Target, backend: str, result: FlushResult, **context: object
+) -> dict[str, Any]:
+    """A flush not tied to one ETRN reply: an Exim delivery run ending after its
+    reply (``flush_completed``), or an administrator's ``etrn-bridge flush``."""
+    return {
+        "ts": timestamp(),
+        "event": event,
+        **context,
+        "target": str(target),
+        "kind": target.kind.value,
+        "backend": backend,
+        "ok": result.started,
+        "exit_status": result.exit_status,
+        "pending": result.pending,
+        "queue_ids": list(result.queue_ids) or None,
+        "shared_messages": result.shared or None,
+        "detail": result.detail or None,
     }
 
 

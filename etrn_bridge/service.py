@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from etrn_bridge.audit import AuditLog, timestamp
+from etrn_bridge.audit import AuditLog, flush_record, timestamp
 from etrn_bridge.backends.base import Backend, create_backend
 from etrn_bridge.config import Config, ConfigError, load_config
 from etrn_bridge.policy.coalesce import FlushCoalescer
@@ -119,8 +119,9 @@ class Service:
             outcome.coalesced,
             reply[:3],
         )
-        if outcome.flush is not None and outcome.flush.completion is not None:
-            self._follow_completion(request, outcome, outcome.flush.completion)
+        flush, target, backend = outcome.flush, outcome.target, outcome.backend
+        if flush is not None and flush.completion is not None and target and backend:
+            self._follow_completion(request.session_id, target, backend, flush.completion)
         return outcome
 
     async def _decide_and_flush(self, state: PolicyState, request: Request) -> Outcome:
@@ -207,24 +208,20 @@ class Service:
         )
 
     def _follow_completion(
-        self, request: Request, outcome: Outcome, completion: asyncio.Future[FlushResult]
+        self,
+        session_id: str,
+        target: Target,
+        backend: str,
+        completion: asyncio.Future[FlushResult],
     ) -> None:
         async def audit_end() -> None:
             try:
                 final = await completion
             except Exception as exc:
                 final = FlushResult(started=False, detail=f"internal error: {exc!r}")
-            record = {
-                "ts": timestamp(),
-                "event": "flush_completed",
-                "session": request.session_id,
-                "target": str(outcome.target),
-                "backend": outcome.backend,
-                "ok": final.started,
-                "exit_status": final.exit_status,
-                "detail": final.detail or None,
-            }
-            self.audit.write(record)
+            self.audit.write(
+                flush_record("flush_completed", target, backend, final, session=session_id)
+            )
 
         task = asyncio.get_running_loop().create_task(audit_end())
         self._completions.add(task)

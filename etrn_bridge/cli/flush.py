@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import pwd
 
+from etrn_bridge.audit import AuditLog, flush_record
 from etrn_bridge.backends.base import Backend, create_backend
 from etrn_bridge.backends.mta import ListingError, MtaBackend, UnknownQueue
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
@@ -40,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     backend = create_backend(config.backend)  # the loader has validated its options
     if args.dry_run:
         return asyncio.run(dry_run(backend, target))
-    return asyncio.run(flush(backend, target))
+    audit = AuditLog(config.audit.file, config.audit.syslog, config.audit.syslog_address)
+    try:
+        return asyncio.run(flush(backend, target, audit))
+    finally:
+        audit.close()
 
 
 async def dry_run(backend: Backend, target: Target) -> int:
@@ -66,13 +73,20 @@ async def dry_run(backend: Backend, target: Target) -> int:
     return 0
 
 
-async def flush(backend: Backend, target: Target) -> int:
+async def flush(backend: Backend, target: Target, audit: AuditLog) -> int:
     result = await backend.flush(target)
     print(describe(target, result))
     if result.completion is not None:
         result = await result.completion  # an admin waits for Exim's foreground delivery
         print(f"{target}: delivery run ended: {describe(target, result)}")
+    # Every flush the tool starts is audited, the administrator's too.
+    audit.write(flush_record("admin_flush", target, backend.name, result, user=invoking_user()))
     return 0 if result.started else 1
+
+
+def invoking_user() -> str:
+    """The administrator: sudo's caller when run through sudo, else the real user."""
+    return os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
 
 
 def describe(target: Target, result: FlushResult) -> str:

@@ -7,6 +7,7 @@ flush selected.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -15,7 +16,10 @@ from pathlib import Path
 import pytest
 from mtalab import LAB_DIR, NODE, RECIPIENTS, SUBTREE, LabMta, run
 
-from etrn_bridge.request import FlushResult
+from etrn_bridge.audit import AuditLog
+from etrn_bridge.config import parse_config
+from etrn_bridge.request import FlushResult, Identity, Request, Status
+from etrn_bridge.service import Service
 from etrn_bridge.target import parse_target
 
 
@@ -238,6 +242,28 @@ async def test_exim_slow_delivery_completes_after_the_reply(
         final = await result.completion
         assert final.started and final.queue_ids == result.queue_ids
         assert set(mta.received()) == NODE  # -M returned: both delivered
+
+        # Through the service: the reply comes first, the end is audited after it.
+        mta.reset()
+        mta.inject()
+        audit_file = tmp_path / "audit.jsonl"
+        config = parse_config(
+            "policy: {clients: [{id: lab, networks: [127.0.0.0/8], targets: [customer.test]}]}",
+            tmp_path / "etrn.yaml",
+        )
+        service = Service(config.policy, mta.backend(), AuditLog(audit_file))
+        started = time.monotonic()
+        outcome = await service.handle(Request(Identity("127.0.0.1"), "customer.test"))
+        assert time.monotonic() - started < 0.9
+        assert outcome.status is Status.PENDING_STARTED
+        await service.drain()
+        etrn, completed = (json.loads(line) for line in audit_file.read_text().splitlines())
+        assert (etrn["event"], etrn["reply"]) == ("etrn", 253)
+        assert completed["event"] == "flush_completed" and completed["ok"] is True
+        assert (
+            completed["queue_ids"] == etrn["queue_ids"] and completed["target"] == "customer.test"
+        )
+        assert set(mta.received()) == NODE
     finally:
         sink.terminate()
         sink.wait()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mtalab import NODE, LabMta
 
+NODE_TARGET = "customer.test"
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
@@ -19,6 +20,7 @@ def write_config(tmp_path: Path, backend: dict[str, object], user: str | None = 
         (f"user: {user}\n" if user else "")
         + f"""\
 listen: ["127.0.0.1:2599"]
+audit: {{file: audit.jsonl}}
 backend: {json.dumps(backend)}
 policy:
   clients:
@@ -78,6 +80,13 @@ def test_flush_dry_run_then_flush(mta: LabMta, tmp_path: Path) -> None:
     done = cli("flush", "-c", config, "customer.test")
     assert done.returncode == 0, done.stdout
     assert set(mta.wait_received(NODE)) == NODE
+    (record,) = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert (record["event"], record["target"], record["ok"]) == (
+        "admin_flush",
+        "customer.test",
+        True,
+    )
+    assert record["user"] == "root" and len(record["queue_ids"]) == 2
 
 
 def test_flush_refuses_a_wildcard(tmp_path: Path) -> None:
