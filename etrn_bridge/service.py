@@ -106,7 +106,15 @@ class Service:
 
     async def handle_with(self, state: PolicyState, request: Request) -> Outcome:
         started = time.monotonic()
-        outcome = await self._decide_and_flush(state, request)
+        parsed = _parse(request)
+        if isinstance(parsed, Outcome):
+            outcome = parsed
+        else:
+            try:
+                outcome = await self._decide_and_flush(state, request, parsed)
+            except Exception as exc:  # a bug costs this request a 458, and is audited
+                log.exception("session=%s: internal error", request.session_id)
+                outcome = Outcome(Status.FAILED, parsed, reason=f"internal error: {exc!r}")
         outcome = replace(outcome, duration=time.monotonic() - started)
         reply = self.audit.reply_and_record(request, outcome)
         log.info(
@@ -124,15 +132,9 @@ class Service:
             self._follow_completion(request.session_id, target, backend, flush.completion)
         return outcome
 
-    async def _decide_and_flush(self, state: PolicyState, request: Request) -> Outcome:
-        if request.too_long:
-            return Outcome(Status.BAD_ARGUMENT, reason="command line too long")
-        try:
-            target = parse_target(request.argument)
-        except MissingArgument as exc:
-            return Outcome(Status.MISSING_ARGUMENT, reason=exc.reason)
-        except TargetError as exc:
-            return Outcome(Status.BAD_ARGUMENT, reason=exc.reason)
+    async def _decide_and_flush(
+        self, state: PolicyState, request: Request, target: Target
+    ) -> Outcome:
         try:
             client = str(client_address(request.identity.address))
         except ValueError:
@@ -239,6 +241,18 @@ async def _flush(backend: Backend, target: Target) -> FlushResult:
     except Exception as exc:  # a backend bug must cost one 458, not the server
         log.exception("backend %s failed on %s", backend.name, target)
         return FlushResult(started=False, detail=f"internal error: {exc!r}")
+
+
+def _parse(request: Request) -> Target | Outcome:
+    """The syntax step: the target, or the 500/501 outcome."""
+    if request.too_long:
+        return Outcome(Status.BAD_ARGUMENT, reason="command line too long")
+    try:
+        return parse_target(request.argument)
+    except MissingArgument as exc:
+        return Outcome(Status.MISSING_ARGUMENT, reason=exc.reason)
+    except TargetError as exc:
+        return Outcome(Status.BAD_ARGUMENT, reason=exc.reason)
 
 
 def _status_of(result: FlushResult) -> Status:
