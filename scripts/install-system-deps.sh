@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses as real third-party peers (root only).
 #   perl + Net::SMTP: a real client's ETRN; fetchmail: its "proto ETRN" mode;
+#   sudo: the unprivileged bridge's command_prefix; groff-base: renders the man page.
 set -euo pipefail
-PACKAGES=(perl fetchmail sudo)
+PACKAGES=(perl fetchmail sudo groff-base)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
