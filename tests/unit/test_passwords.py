@@ -70,14 +70,18 @@ def test_duplicate_user_is_refused(tmp_path: Path, scrypt_hash: str) -> None:
         PasswordFile.load(path)
 
 
-def test_passwd_command_prints_a_loadable_line(tmp_path: Path) -> None:
-    result = subprocess.run(  # noqa: PLW1510 (the exit status is the subject)
-        [sys.executable, "-m", "etrn_bridge", "passwd", "dave"],
-        input="hunter2\n",
+def run_passwd(user: str, password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: PLW1510 (the exit status is the subject)
+        [sys.executable, "-m", "etrn_bridge", "passwd", user],
+        input=password + "\n",
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_passwd_command_prints_a_loadable_line(tmp_path: Path) -> None:
+    result = run_passwd("dave", "hunter2")
     assert result.returncode == 0, result.stderr
     path = tmp_path / "pw"
     path.write_text(result.stdout)
@@ -85,11 +89,5 @@ def test_passwd_command_prints_a_loadable_line(tmp_path: Path) -> None:
 
 
 def test_passwd_refuses_colon_in_user() -> None:
-    result = subprocess.run(  # noqa: PLW1510 (the exit status is the subject)
-        [sys.executable, "-m", "etrn_bridge", "passwd", "a:b"],
-        input="x\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_passwd("a:b", "x")
     assert result.returncode == 1
