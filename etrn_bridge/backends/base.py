@@ -75,6 +75,14 @@ def backend_factory(type_name: str) -> BackendFactory:
     raise BackendOptionError("type", f"unknown backend type {type_name!r} (known: {known})")
 
 
+def installation_problems(backend: Backend) -> list[str]:
+    """What stops ``backend`` from working on this machine (e.g. its program is
+    missing); empty when nothing is known to be wrong. ``check`` and ``doctor``
+    report these. A backend opts in with an ``installation_problems()`` method."""
+    method = getattr(backend, "installation_problems", None)
+    return [str(problem) for problem in method()] if callable(method) else []
+
+
 def create_backend(section: Mapping[str, Any]) -> Backend:
     """Build the backend described by a config ``backend:`` mapping."""
     type_name = section.get("type", "log")
