@@ -44,8 +44,14 @@ def timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def request_record(request: Request, outcome: Outcome, reply: str) -> dict[str, Any]:
-    """The audit record of one request and its outcome."""
+def request_record(
+    request: Request, outcome: Outcome, reply: str, *, client_gone: bool = False, cut: bool = False
+) -> dict[str, Any]:
+    """The audit record of one request and its outcome.
+
+    ``client_gone``: the client left before the answer (``reply`` was never sent);
+    ``cut``: the server stopped and cut the request before it ended.
+    """
     identity = request.identity
     target = outcome.target
     decision = outcome.decision
@@ -77,6 +83,8 @@ def request_record(request: Request, outcome: Outcome, reply: str) -> dict[str, 
         "queue_ids": list(flush.queue_ids) if flush and flush.queue_ids else None,
         "detail": flush.detail if flush and flush.detail else None,
         "duration_ms": round(outcome.duration * 1000, 3),
+        "client_gone": client_gone,
+        "cut": cut,
         **outcome.extra,
     }
 
@@ -132,10 +140,12 @@ class AuditLog:
         sock.connect(address or "/dev/log")
         return sock
 
-    def reply_and_record(self, request: Request, outcome: Outcome) -> str:
+    def reply_and_record(
+        self, request: Request, outcome: Outcome, *, client_gone: bool = False, cut: bool = False
+    ) -> str:
         """Write the record of a finished request and return its reply line."""
         reply = reply_for(outcome)
-        self.write(request_record(request, outcome, reply))
+        self.write(request_record(request, outcome, reply, client_gone=client_gone, cut=cut))
         return reply
 
     def write(self, record: Mapping[str, Any]) -> None:
