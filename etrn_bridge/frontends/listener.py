@@ -28,6 +28,7 @@ from etrn_bridge import defaults, replies
 from etrn_bridge.admission import Admission
 from etrn_bridge.config import Config, ListenAddress
 from etrn_bridge.frontends.passwords import PasswordFile
+from etrn_bridge.frontends.sockets import accept_connections
 from etrn_bridge.frontends.tlsinfo import peer_fingerprint, server_context
 from etrn_bridge.request import Identity, Request
 from etrn_bridge.service import Service
@@ -229,10 +230,22 @@ class EtrnSession(SMTP):
         if self.transport is None or self.transport.is_closing():
             return
         self.closed_because = reason
-        self._writer.write(reply.format(host=self.hostname).encode("ascii") + b"\r\n")
+        self._say(reply)
         self.transport.close()  # sends what is buffered, then closes
         if self._handler_coroutine is not None:
             self._handler_coroutine.cancel()
+
+    def cut_off(self) -> None:
+        """Server stopping now: say so and drop the connection, whatever it was doing
+        (its ETRN's flush goes on in the service, or is cut and audited there)."""
+        if self.transport is None:
+            return
+        self.closed_because = "shutdown, cut"
+        self._say(replies.SHUTTING_DOWN)  # sent at once unless the client stopped reading
+        cast(asyncio.Transport, self.transport).abort()
+
+    def _say(self, reply: str) -> None:
+        self._writer.write(reply.format(host=self.hostname).encode("ascii") + b"\r\n")
 
     def _timeout_cb(self) -> None:
         # aiosmtpd just drops the connection; RFC 5321 §4.5.3.2.7 lets us close, and
@@ -417,7 +430,8 @@ class Listener:
         )
         self.stopping = False
         self._all_ended = asyncio.Event()
-        self._servers: list[asyncio.Server] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        self._sockets: list[socket.socket] = []
         # Short ids, unique per process; the random prefix tells processes and
         # restarts apart in the audit. Drawn in serve(), in the serving process:
         # serve's workers are forked after this object is built.
@@ -441,20 +455,21 @@ class Listener:
 
     async def serve(self, sockets: Iterable[socket.socket]) -> None:
         self._id_prefix = secrets.token_hex(3)
-        loop = asyncio.get_running_loop()
+        backlog = self.config.connections.listen_backlog
         for sock in sockets:
-            # asyncio calls listen() again, with its own default backlog unless told.
-            server = await loop.create_server(
-                lambda: EtrnSession(self), sock=sock, backlog=self.config.connections.listen_backlog
-            )
-            self._servers.append(server)
+            self._sockets.append(sock)
+            accepting = accept_connections(sock, backlog, lambda: EtrnSession(self))
+            self._accepting.append(asyncio.get_running_loop().create_task(accepting))
 
     async def stop(self, grace: float, cut_now: asyncio.Event | None = None) -> None:
         """Stop accepting; let ETRNs in progress answer (at most ``grace`` s, or until
         ``cut_now`` is set); close the rest. Their flushes go on: ``Service.drain``."""
         self.stopping = True
-        for server in self._servers:
-            server.close()
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        for sock in self._sockets:
+            sock.close()
         self.password_checks.shutdown(wait=False, cancel_futures=True)
         if not self.sessions:
             return
@@ -467,5 +482,4 @@ class Listener:
         for waiting in waits:
             waiting.cancel()
         for session in list(self.sessions):
-            if session.transport is not None:
-                cast(asyncio.Transport, session.transport).abort()
+            session.cut_off()
