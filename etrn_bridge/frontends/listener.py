@@ -28,7 +28,7 @@ from etrn_bridge import defaults, replies
 from etrn_bridge.admission import Admission
 from etrn_bridge.config import Config, ListenAddress
 from etrn_bridge.frontends.passwords import PasswordFile
-from etrn_bridge.frontends.sockets import accept_connections
+from etrn_bridge.frontends.sockets import start_accepting
 from etrn_bridge.frontends.tlsinfo import peer_fingerprint, server_context
 from etrn_bridge.request import Identity, Request
 from etrn_bridge.service import Service
@@ -458,8 +458,7 @@ class Listener:
         backlog = self.config.connections.listen_backlog
         for sock in sockets:
             self._sockets.append(sock)
-            accepting = accept_connections(sock, backlog, lambda: EtrnSession(self))
-            self._accepting.append(asyncio.get_running_loop().create_task(accepting))
+            self._accepting.append(start_accepting(sock, backlog, lambda: EtrnSession(self)))
 
     async def stop(self, grace: float, cut_now: asyncio.Event | None = None) -> None:
         """Stop accepting; let ETRNs in progress answer (at most ``grace`` s, or until

@@ -69,10 +69,19 @@ def bound_name(sock: socket.socket) -> str:
     return str(ListenAddress(host, port))
 
 
-async def accept_connections(
+def start_accepting(
     sock: socket.socket, backlog: int, protocol: Callable[[], asyncio.Protocol]
+) -> asyncio.Task[None]:
+    """Set the configured backlog, then accept on ``sock`` until the task is
+    cancelled, each connection served by a new ``protocol``."""
+    sock.listen(backlog)
+    return asyncio.get_running_loop().create_task(_accept_connections(sock, protocol))
+
+
+async def _accept_connections(
+    sock: socket.socket, protocol: Callable[[], asyncio.Protocol]
 ) -> None:
-    """Accept on ``sock`` until cancelled, each connection served by a new ``protocol``.
+    """Accept until cancelled.
 
     In place of ``loop.create_server``, whose accept loop (CPython 3.11-3.12)
     logs a traceback and schedules another retry for every failed accept() in a
@@ -80,7 +89,6 @@ async def accept_connections(
     of MB: here a resource failure pauses accepting and is logged once a while.
     """
     loop = asyncio.get_running_loop()
-    sock.listen(backlog)  # the configured backlog (asyncio would set its own)
     failures = 0
     reported = -ACCEPT_ERROR_LOG_INTERVAL
     while True:
