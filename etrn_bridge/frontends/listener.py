@@ -14,6 +14,7 @@ import collections
 import functools
 import itertools
 import logging
+import resource
 import secrets
 import socket
 import ssl
@@ -37,6 +38,9 @@ FRONTEND = "listener"
 # RFC 5321 §4.5.3.1.4 counts the CRLF in the 512-octet command line; aiosmtpd
 # measures the line without it.
 CRLF_LENGTH = 2
+# File descriptors besides sessions: listening sockets, the audit file, syslog,
+# and three pipes per running flush.
+FD_RESERVE = 64
 # aiosmtpd's own fixed replies, given RFC 3463 enhanced codes like ours.
 _AIOSMTPD_REPLIES = {
     "500 Command line too long": replies.LINE_TOO_LONG,
@@ -455,10 +459,23 @@ class Listener:
 
     async def serve(self, sockets: Iterable[socket.socket]) -> None:
         self._id_prefix = secrets.token_hex(3)
+        self._check_fd_limit()
         backlog = self.config.connections.listen_backlog
         for sock in sockets:
             self._sockets.append(sock)
             self._accepting.append(start_accepting(sock, backlog, lambda: EtrnSession(self)))
+
+    def _check_fd_limit(self) -> None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = self.config.connections.max_sessions + FD_RESERVE
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            log.warning(
+                "open files limit %d is below connections.max_sessions + %d = %d: "
+                "raise it (LimitNOFILE=) or lower max_sessions",
+                soft,
+                FD_RESERVE,
+                wanted,
+            )
 
     async def stop(self, grace: float, cut_now: asyncio.Event | None = None) -> None:
         """Stop accepting; let ETRNs in progress answer (at most ``grace`` s, or until
