@@ -43,7 +43,6 @@ CRLF_LENGTH = 2
 FD_RESERVE = 64
 # aiosmtpd's own fixed replies, given RFC 3463 enhanced codes like ours.
 _AIOSMTPD_REPLIES = {
-    "500 Command line too long": replies.LINE_TOO_LONG,
     "500 Error: bad syntax": replies.UNRECOGNIZED,
 }
 
