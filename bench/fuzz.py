@@ -227,7 +227,11 @@ def main() -> int:
         + " ".join(f"{code}:{count}" for code, count in sorted(replies.items()))
     )
     print(f"audit etrn records: {len(etrn_records)} (audit lines: {len(audit_lines)})")
-    print(f"backend runs:       {len(argvs)}  distinct targets: {len({tuple(a) for a in argvs})}")
+    coalesced = sum(1 for record in etrn_records if record["coalesced"])
+    print(
+        f"backend runs:       {len(argvs)} ({len({tuple(a) for a in argvs})} distinct argvs); "
+        f"ETRN answered by a flush already running: {coalesced}"
+    )
     print(f"argv off whitelist: {len(bad_argvs)}")
     print(f"crashes:            {len(crashes)}  server exit status: {exit_status}")
     for argv, problems in bad_argvs[:10]:

@@ -108,6 +108,24 @@ def test_sigterm_waits_for_a_flush_whose_client_left(
     assert (record["reply"], record["client_gone"], record["cut"]) == (250, True, False)
 
 
+def test_sigterm_waits_past_the_grace_for_a_flush_within_its_timeout(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    # Longer than serve's 10 s grace for replies, shorter than the backend timeout.
+    bridge, runs = flush_bridge(start_bridge, tmp_path, seconds=12, timeout=30)
+    client = bridge.session()
+    client.send("ETRN customer.example")
+    wait_until(lambda: len(lines_of(runs)) == 1)
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.process.wait(60) == 0
+    # The session was closed after the grace, with a 421 in place of its reply ...
+    assert client.read_reply().text.startswith("421 4.3.2 ")
+    # ... and the flush ran to its end and was audited.
+    assert lines_of(runs.with_suffix(".done")) == ["customer.example done"]
+    (record,) = bridge.etrn_records()
+    assert (record["reply"], record["client_gone"], record["cut"]) == (250, True, False)
+
+
 def test_second_sigterm_cuts_a_running_flush_and_audits_it_as_cut(
     start_bridge: Callable[..., Bridge], tmp_path: Path
 ) -> None:
