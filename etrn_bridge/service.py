@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -72,6 +73,8 @@ class Service:
         self._coalescer = FlushCoalescer(settings.max_concurrent_flushes)
         # Flushes that go on after the reply (Exim), awaited so their end is audited.
         self._completions: set[asyncio.Task[None]] = set()
+        # Requests by how they ended (Status value), for the service manager's STATUS=.
+        self.counts: Counter[str] = Counter()
 
     @classmethod
     def from_config(
@@ -117,6 +120,7 @@ class Service:
                 outcome = Outcome(Status.FAILED, parsed, reason=f"internal error: {exc!r}")
         outcome = replace(outcome, duration=time.monotonic() - started)
         reply = self.audit.reply_and_record(request, outcome)
+        self.counts[outcome.status.value] += 1
         log.info(
             "etrn session=%s client=%s target=%s status=%s rule=%s coalesced=%s reply=%s",
             request.session_id,
