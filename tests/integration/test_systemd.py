@@ -29,6 +29,7 @@ from bridgekit import (
     Bridge,
     SmtpClient,
     merge_config,
+    require_program,
     write_config,
 )
 
@@ -41,17 +42,6 @@ NOTIFY_TIMEOUT = 10.0
 UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (SCM_CREDENTIALS)
 
 
-def require(program: str) -> str:
-    """The program's path; as root (CI) a missing tool fails, otherwise skips loudly."""
-    path = shutil.which(program)
-    if path is None:
-        message = f"{program} not installed: run scripts/install-system-deps.sh"
-        if os.geteuid() == 0:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 # systemd-analyze verify ------------------------------------------------------------
 
 
@@ -59,8 +49,9 @@ def verify(directory: Path, *units: str) -> subprocess.CompletedProcess[str]:
     """``systemd-analyze verify`` of units in ``directory`` (drop-ins are found
     there too). Works without systemd as PID 1. ``--man=no``: the man page is
     checked by the packaging test, and man-db is not needed for this one."""
+    analyze = require_program("systemd-analyze")
     return subprocess.run(
-        [require("systemd-analyze"), "verify", "--man=no", *(str(directory / u) for u in units)],
+        [analyze, "verify", "--man=no", *(str(directory / unit) for unit in units)],
         capture_output=True,
         text=True,
         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{directory}:"},
@@ -140,7 +131,7 @@ def start_activated(
     config_path.chmod(0o644)
     process = subprocess.Popen(
         [
-            require("systemd-socket-activate"),
+            require_program("systemd-socket-activate"),
             "--listen",
             f"127.0.0.1:{port}",
             "--fdname",
@@ -222,7 +213,7 @@ def test_socket_activation_privileged_port_without_root(shared_dir: Path) -> Non
     os.chown(shared_dir, nobody.pw_uid, nobody.pw_gid)
     port = free_port(low=600)
     # setpriv execs in place: the pid, and so LISTEN_PID, stays the same.
-    as_nobody = (require("setpriv"), "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    as_nobody = (require_program("setpriv"), "--reuid=nobody", "--regid=nogroup", "--clear-groups")
     process = start_activated(shared_dir, port, {"audit": {"file": "audit.jsonl"}}, *as_nobody)
     try:
         assert etrn(port, "customer.example") == 250
