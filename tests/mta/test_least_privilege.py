@@ -1,0 +1,178 @@
+"""Least privilege per MTA, with the real MTAs: the bridge runs as the kits'
+unprivileged user, the flush works, and that user cannot do more (delete mail).
+
+- Postfix, no sudo: ``authorized_flush_users = etrn-bridge`` and the group
+  ``postdrop`` (the unit's SupplementaryGroups=; postqueue is setgid postdrop
+  on a packaged Postfix, not in this unpacked lab, so the group is what both
+  give). ``postsuper -d`` and the queue files stay out of reach.
+- Exim, no sudo: ``exim/unprivileged.conf.snippet`` (no admin needed to list
+  and force delivery). Exim drops its setuid privileges for any ``-C`` file a
+  non-root, non-exim caller names (TRUSTED_CONFIG_LIST only trusts root and
+  the exim user), so this test installs the lab's config where Debian's exim4
+  looks by default, /etc/exim4/exim4.conf, as a real deployment has it.
+- Sendmail cannot (measured in test_bridge_real.py: restrictqrun, and a
+  queue run in the caller's process needs write access to the 0700 root queue
+  directory, which is also all it takes to delete mail): through sudo, whose
+  kit lines allow the flush and nothing else.
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mtalab import KIT_ROOT, MTA_LAB, NODE, RECIPIENTS, LabMta, lab_env
+from test_bridge_real import running_bridge
+from test_cli_real import cli, write_config
+
+EXIM_DEFAULT_CONFIG = Path("/etc/exim4/exim4.conf")  # Debian's compiled-in first choice
+POSTDROP = "postdrop"
+
+
+def as_user(user: str, *argv: str, groups: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``argv`` as ``user`` with its own group and only ``groups`` besides."""
+    identity = ["--reuid", user, "--regid", grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name]
+    extra = ["--groups", groups] if groups else ["--clear-groups"]
+    return subprocess.run(
+        ["setpriv", *identity, *extra, *argv], capture_output=True, text=True, check=False
+    )
+
+
+# Postfix ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def postdrop_member(sudoers: str) -> Iterator[str]:
+    """The bridge user, in group postdrop while the test runs (SupplementaryGroups=)."""
+    subprocess.run(["gpasswd", "-a", sudoers, POSTDROP], capture_output=True, check=True)
+    try:
+        yield sudoers
+    finally:
+        subprocess.run(["gpasswd", "-d", sudoers, POSTDROP], capture_output=True, check=True)
+
+
+def test_postfix_flush_without_sudo_and_nothing_more(
+    lab: dict[str, LabMta], postdrop_member: str, tmp_path: Path
+) -> None:
+    mta = lab["postfix"]
+    mta.reset()
+    mta.inject()
+    with running_bridge(tmp_path, mta.backend_options, user=postdrop_member) as bridge:
+        code, text = bridge.etrn("customer.test")
+        assert code == 253 and "2 pending messages" in text, text
+        assert set(mta.wait_received(NODE)) == NODE
+        code, text = bridge.etrn("@customer.test")  # postqueue -i per message
+        assert code == 253 and "1 pending messages" in text, text
+    postfix = lab_env("postfix")
+    left = mta.queued_recipients()
+    assert left == set(RECIPIENTS) - NODE - {"user@sub.customer.test"}
+    user = postdrop_member
+    # Cannot delete mail: postsuper is root's, and the queue directories are postfix's.
+    denied = as_user(user, f"{postfix['POSTFIX_BIN']}/postsuper", "-d", "ALL", groups=POSTDROP)
+    assert denied.returncode != 0 and "reserved for the superuser" in denied.stderr
+    spool = MTA_LAB / "postfix" / "spool" / "deferred"
+    removing = as_user(user, "find", str(spool), "-type", "f", "-delete", groups=POSTDROP)
+    assert removing.returncode != 0 and "Permission denied" in removing.stderr
+    assert mta.queued_recipients() == left
+    # Without the group (NoNewPrivileges=yes without SupplementaryGroups=postdrop):
+    # postqueue cannot reach the flush service.
+    alone = as_user(user, mta.program, "-s", "customer.test")
+    assert alone.returncode == 69 and "public/flush: Permission denied" in alone.stderr
+    # authorized_flush_users names the bridge alone: another postdrop member may not.
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", f"--groups={POSTDROP}"]
+    other = subprocess.run(
+        [*nobody, mta.program, "-s", "customer.test"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert other.returncode == 69 and "is not allowed to flush" in other.stderr
+
+
+def test_postfix_doctor_knows_who_may_flush(lab: dict[str, LabMta], tmp_path: Path) -> None:
+    """The kit's plain user name is what doctor accepts; any other user gets a FIX."""
+    backend = lab["postfix"].backend_options
+    allowed = cli("doctor", "-c", str(write_config(tmp_path, backend, user="etrn-bridge")))
+    assert "ok     etrn-bridge may flush: authorized_flush_users = etrn-bridge" in allowed.stdout
+    refused = cli("doctor", "-c", str(write_config(tmp_path, backend, user="nobody")))
+    assert refused.returncode == 1
+    assert "add 'nobody' to authorized_flush_users" in refused.stdout
+
+
+# Exim ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exim_default_config(lab: dict[str, LabMta]) -> Iterator[Path]:
+    """The lab's Exim config plus the kit's unprivileged snippet, where exim4
+    reads it without -C; yields the exim4 binary (setuid root, as packaged)."""
+    if EXIM_DEFAULT_CONFIG.exists():
+        pytest.fail(f"{EXIM_DEFAULT_CONFIG} exists: this test will not overwrite it")
+    env = lab_env("exim")
+    lab_config = Path(env["EXIM_CONFIG"]).read_text()
+    snippet = (KIT_ROOT / "exim" / "unprivileged.conf.snippet").read_text()
+    main, begin, rest = lab_config.partition("\nbegin ")  # main options come first
+    EXIM_DEFAULT_CONFIG.parent.mkdir(exist_ok=True)
+    EXIM_DEFAULT_CONFIG.write_text(f"{main}\n{snippet}{begin}{rest}")
+    EXIM_DEFAULT_CONFIG.chmod(0o644)  # root's, not writable by others: Exim checks
+    try:
+        yield MTA_LAB / "exim" / "root" / "usr" / "sbin" / "exim4"
+    finally:
+        EXIM_DEFAULT_CONFIG.unlink()
+
+
+def test_exim_flush_without_sudo_and_nothing_more(
+    lab: dict[str, LabMta], sudoers: str, exim_default_config: Path, tmp_path: Path
+) -> None:
+    mta = lab["exim"]
+    mta.reset()
+    mta.inject()
+    exim = str(exim_default_config)
+    backend = {"type": "exim", "exim": exim}
+    with running_bridge(tmp_path, backend, user=sudoers) as bridge:
+        code, text = bridge.etrn("customer.test")
+        assert code == 253 and "2 pending messages" in text, text
+        assert set(mta.wait_received(NODE)) == NODE
+        assert bridge.records(count=2)[0]["reply"] == 253
+    left = mta.listing()
+    assert {r for _, rcpts, _ in left for r in rcpts} == set(RECIPIENTS) - NODE
+    queue_id = left[0][0]
+    for admin_only in (["-Mrm", queue_id], ["-Mf", queue_id], ["-Mg", queue_id]):
+        refused = as_user(sudoers, exim, *admin_only)
+        said = (refused.stdout + refused.stderr).lower()  # -Mrm/-Mf: stdout, -Mg: stderr
+        assert refused.returncode != 0 and "permission denied" in said, admin_only
+    spool = MTA_LAB / "exim" / "spool" / "input"
+    removing = as_user(sudoers, "find", str(spool), "-type", "f", "-delete")
+    assert removing.returncode != 0 and "Permission denied" in removing.stderr
+    assert mta.listing() == left
+
+
+# Sendmail (and Exim) through sudo: the kit's lines allow the flush, nothing else ---
+
+
+@pytest.mark.parametrize("name", ["exim", "sendmail"])
+def test_sudo_lines_allow_nothing_but_the_flush(
+    lab: dict[str, LabMta], sudoers: str, name: str
+) -> None:
+    mta = lab[name]
+    mta.reset()
+    mta.inject()
+    queued = mta.listing()
+    queue_id = queued[0][0]
+    beyond = {
+        "exim": [["-Mrm", queue_id], ["-R", "customer.test"], ["-M", queue_id, "-C", "/tmp/x"]],
+        "sendmail": [["-qRcustomer.test"], ["-q"], [f"-qI{queue_id}", "-C", "/tmp/x.cf"]],
+    }[name]
+    for argv in beyond:
+        refused = as_user(sudoers, "sudo", "-n", mta.program, *argv)
+        assert refused.returncode == 1 and "password is required" in refused.stderr, argv
+    queue_dir = Path(lab_env(name)["SENDMAIL_QUEUE_DIR"]) if name == "sendmail" else None
+    if queue_dir is not None:
+        removing = as_user(sudoers, "find", str(queue_dir), "-type", "f", "-delete")
+        assert removing.returncode != 0 and "Permission denied" in removing.stderr
+    assert mta.listing() == queued
+    assert mta.wait_received(set()) == {}
