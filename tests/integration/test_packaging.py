@@ -34,6 +34,7 @@ SHIPPED = {
     "share/etrn-bridge/postfix/README.md": "postfix/README.md",
     "share/etrn-bridge/postfix/main.cf.snippet": "postfix/main.cf.snippet",
     "share/etrn-bridge/exim/main.conf.snippet": "exim/main.conf.snippet",
+    "share/etrn-bridge/exim/unprivileged.conf.snippet": "exim/unprivileged.conf.snippet",
     "share/etrn-bridge/sendmail/sendmail.mc.snippet": "sendmail/sendmail.mc.snippet",
 }
 
