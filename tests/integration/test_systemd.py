@@ -86,6 +86,33 @@ def test_setuid_mta_drop_in_verifies_clean(tmp_path: Path) -> None:
     assert (done.returncode, done.stderr) == (0, "")
 
 
+# systemd-analyze's exposure score, 0 (locked down) to 10, times ten: "OK" is below 2.0.
+EXPOSURE_THRESHOLD = 20
+
+
+def test_hardening_exposure_is_ok(tmp_path: Path) -> None:
+    """``systemd-analyze security --offline`` rates the unit's hardening: it stays
+    in systemd's "OK" band (the Postfix setup, all hardening on)."""
+    directory = installed_units(tmp_path)
+    done = subprocess.run(
+        [
+            require_program("systemd-analyze"),
+            "security",
+            "--offline=true",
+            "--man=no",
+            f"--threshold={EXPOSURE_THRESHOLD}",
+            str(directory / "etrn-bridge.service"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{directory}:"},
+        cwd=directory,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-300:]
+    assert "Overall exposure level for etrn-bridge.service" in done.stdout
+
+
 def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     """The check above can fail: a misspelt setting is reported."""
     directory = installed_units(tmp_path)
