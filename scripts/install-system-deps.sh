@@ -3,9 +3,10 @@
 #   perl + Net::SMTP: a real client's ETRN; fetchmail: its "proto ETRN" mode;
 #   sudo: the unprivileged bridge's command_prefix; groff-base: renders the man page;
 #   systemd: systemd-analyze verify and systemd-socket-activate (neither needs systemd
-#   as PID 1); logrotate: rotates the audit file in its test; util-linux: setpriv.
+#   as PID 1); logrotate: rotates the audit file in its test; util-linux: setpriv;
+#   patchelf: a setgid postqueue for the lab (setgid programs ignore LD_LIBRARY_PATH).
 set -euo pipefail
-PACKAGES=(perl fetchmail sudo groff-base systemd logrotate util-linux)
+PACKAGES=(perl fetchmail sudo groff-base systemd logrotate util-linux patchelf)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

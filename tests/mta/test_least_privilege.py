@@ -2,9 +2,10 @@
 unprivileged user, the flush works, and that user cannot do more (delete mail).
 
 - Postfix, no sudo: ``authorized_flush_users = etrn-bridge`` and the group
-  ``postdrop`` (the unit's SupplementaryGroups=; postqueue is setgid postdrop
-  on a packaged Postfix, not in this unpacked lab, so the group is what both
-  give). ``postsuper -d`` and the queue files stay out of reach.
+  ``postdrop``, either through the setgid bit of a packaged postqueue (a
+  setgid copy is made for that test) or as the unit's SupplementaryGroups=
+  (the lab's own postqueue is not setgid). ``postsuper -d`` and the queue
+  files stay out of reach; NoNewPrivileges without the group breaks the flush.
 - Exim, no sudo: ``exim/unprivileged.conf.snippet`` (no admin needed to list
   and force delivery). Exim drops its setuid privileges for any ``-C`` file a
   non-root, non-exim caller names (TRUSTED_CONFIG_LIST only trusts root and
@@ -19,12 +20,15 @@ unprivileged user, the flush works, and that user cannot do more (delete mail).
 from __future__ import annotations
 
 import grp
+import os
 import pwd
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bridgekit import require_program
 from mtalab import KIT_ROOT, MTA_LAB, NODE, RECIPIENTS, LabMta, lab_env
 from test_bridge_real import running_bridge
 from test_cli_real import cli, write_config
@@ -91,6 +95,71 @@ def test_postfix_flush_without_sudo_and_nothing_more(
         check=False,
     )
     assert other.returncode == 69 and "is not allowed to flush" in other.stderr
+
+
+POSTFIX_DEFAULT_MAIN_CF = Path("/etc/postfix/main.cf")  # read by a setgid postqueue
+
+
+@pytest.fixture
+def setgid_postqueue(lab: dict[str, LabMta]) -> Iterator[list[str]]:
+    """postqueue as a package installs it: setgid postdrop. The lab's copy is not
+    (a setgid program ignores LD_LIBRARY_PATH), so this one gets its library
+    path built in (patchelf). It also ignores MAIL_CONFIG: ``-c DIR`` is honoured
+    only for a directory the default main.cf lists in alternate_config_directories.
+    Yields the argv prefix: [postqueue, -c, DIR]."""
+    patchelf = require_program("patchelf")
+    if POSTFIX_DEFAULT_MAIN_CF.exists():
+        pytest.fail(f"{POSTFIX_DEFAULT_MAIN_CF} exists: this test will not overwrite it")
+    postfix = MTA_LAB / "postfix"
+    copy = postfix / "setgid" / "postqueue"
+    copy.parent.mkdir(exist_ok=True)
+    shutil.copy(postfix / "root/usr/sbin/postqueue", copy)
+    runpath = str(postfix / "root/usr/lib/postfix")
+    subprocess.run([patchelf, "--set-rpath", runpath, str(copy)], check=True)
+    os.chown(copy, 0, grp.getgrnam(POSTDROP).gr_gid)
+    copy.chmod(0o2755)
+    config_dir = lab_env("postfix")["POSTFIX_CONFIG_DIR"]
+    POSTFIX_DEFAULT_MAIN_CF.parent.mkdir(exist_ok=True)
+    POSTFIX_DEFAULT_MAIN_CF.write_text(f"alternate_config_directories = {config_dir}\n")
+    try:
+        yield [str(copy), "-c", config_dir]
+    finally:
+        POSTFIX_DEFAULT_MAIN_CF.unlink()
+        POSTFIX_DEFAULT_MAIN_CF.parent.rmdir()
+
+
+def test_postfix_setgid_postqueue_and_no_new_privileges(
+    lab: dict[str, LabMta], sudoers: str, setgid_postqueue: list[str], tmp_path: Path
+) -> None:
+    """Without systemd the setgid bit is all the bridge needs (no group of its
+    own). Under NoNewPrivileges=yes the kernel ignores the bit and postqueue
+    fails, unless the process has the group itself (SupplementaryGroups=postdrop)."""
+    mta = lab["postfix"]
+    mta.reset()
+    mta.inject()
+    postqueue, *config = setgid_postqueue
+    backend = {"type": "postfix", "postqueue": postqueue, "args": config}
+    with running_bridge(tmp_path, backend, user=sudoers) as bridge:
+        code, text = bridge.etrn("customer.test")
+        assert code == 253 and "2 pending messages" in text, text
+        assert set(mta.wait_received(NODE)) == NODE
+    hardened = ["setpriv", "--reuid", sudoers, "--regid", sudoers, "--no-new-privs"]
+    refused = subprocess.run(
+        [*hardened, "--clear-groups", *setgid_postqueue, "-s", "sub.customer.test"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 69 and "public/flush: Permission denied" in refused.stderr
+    assert "user@sub.customer.test" in mta.queued_recipients()
+    granted = subprocess.run(
+        [*hardened, f"--groups={POSTDROP}", *setgid_postqueue, "-s", "sub.customer.test"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert granted.returncode == 0, granted.stderr
+    assert "user@sub.customer.test" in mta.wait_received(NODE | {"user@sub.customer.test"})
 
 
 def test_postfix_doctor_knows_who_may_flush(lab: dict[str, LabMta], tmp_path: Path) -> None:
