@@ -218,6 +218,17 @@ def test_exim_flush_without_sudo_and_nothing_more(
     removing = as_user(sudoers, "find", str(spool), "-type", "f", "-delete")
     assert removing.returncode != 0 and "Permission denied" in removing.stderr
     assert mta.listing() == left
+    # Under no-new-privileges (the unit without setuid-mta.conf) exim4's setuid
+    # bit is ignored: -M cannot read the spool, and nothing is delivered.
+    hardened = ["setpriv", "--reuid", sudoers, "--regid", sudoers, "--clear-groups"]
+    forced = subprocess.run(
+        [*hardened, "--no-new-privs", exim, "-M", queue_id],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "Permission denied" in forced.stdout + forced.stderr
+    assert mta.listing() == left
 
 
 # Sendmail (and Exim) through sudo: the kit's lines allow the flush, nothing else ---
