@@ -38,6 +38,10 @@ class Notifier:
     def enabled(self) -> bool:
         return self.address is not None
 
+    def silence(self) -> None:
+        """Send nothing from now on (a forked worker: only the main process may speak)."""
+        self.address = None
+
     def notify(self, **fields: str) -> None:
         """One datagram with ``KEY=VALUE`` lines; a failure is logged, never raised:
         losing a status line must not stop the mail service."""

@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from etrn_bridge.audit import AuditLog
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
@@ -268,7 +268,7 @@ def fork_worker(runtime: Runtime, index: int) -> int:
     if pid:
         return pid
     # Only the supervising parent (systemd's main process) speaks to systemd.
-    runtime = replace(runtime, notifier=Notifier(None))
+    runtime.notifier.silence()
     mine = runtime.socket_sets[index]
     # Another worker's socket left open here would keep its share of connections
     # queued, unanswered, after that worker ended.
