@@ -50,7 +50,8 @@ class Notifier:
         message = "\n".join(f"{key}={value}" for key, value in fields.items())
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(message.encode("utf-8"), self.address)
+                # Never wait on a busy manager: this runs in the event loop.
+                sock.sendto(message.encode("utf-8"), socket.MSG_DONTWAIT, self.address)
         except OSError as exc:
             log.warning("cannot notify the service manager at %s: %s", self.address, exc)
 
