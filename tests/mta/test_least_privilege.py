@@ -119,13 +119,15 @@ def setgid_postqueue(lab: dict[str, LabMta]) -> Iterator[list[str]]:
     os.chown(copy, 0, grp.getgrnam(POSTDROP).gr_gid)
     copy.chmod(0o2755)
     config_dir = lab_env("postfix")["POSTFIX_CONFIG_DIR"]
+    made_dir = not POSTFIX_DEFAULT_MAIN_CF.parent.exists()
     POSTFIX_DEFAULT_MAIN_CF.parent.mkdir(exist_ok=True)
     POSTFIX_DEFAULT_MAIN_CF.write_text(f"alternate_config_directories = {config_dir}\n")
     try:
         yield [str(copy), "-c", config_dir]
     finally:
         POSTFIX_DEFAULT_MAIN_CF.unlink()
-        POSTFIX_DEFAULT_MAIN_CF.parent.rmdir()
+        if made_dir:
+            POSTFIX_DEFAULT_MAIN_CF.parent.rmdir()
 
 
 def test_postfix_setgid_postqueue_and_no_new_privileges(
@@ -185,6 +187,7 @@ def exim_default_config(lab: dict[str, LabMta]) -> Iterator[Path]:
     lab_config = Path(env["EXIM_CONFIG"]).read_text()
     snippet = (KIT_ROOT / "exim" / "unprivileged.conf.snippet").read_text()
     main, begin, rest = lab_config.partition("\nbegin ")  # main options come first
+    made_dir = not EXIM_DEFAULT_CONFIG.parent.exists()
     EXIM_DEFAULT_CONFIG.parent.mkdir(exist_ok=True)
     EXIM_DEFAULT_CONFIG.write_text(f"{main}\n{snippet}{begin}{rest}")
     EXIM_DEFAULT_CONFIG.chmod(0o644)  # root's, not writable by others: Exim checks
@@ -192,6 +195,8 @@ def exim_default_config(lab: dict[str, LabMta]) -> Iterator[Path]:
         yield MTA_LAB / "exim" / "root" / "usr" / "sbin" / "exim4"
     finally:
         EXIM_DEFAULT_CONFIG.unlink()
+        if made_dir:
+            EXIM_DEFAULT_CONFIG.parent.rmdir()
 
 
 def test_exim_flush_without_sudo_and_nothing_more(
