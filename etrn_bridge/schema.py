@@ -55,7 +55,10 @@ def config_schema() -> dict[str, Any]:
                 "items": {"type": "string", "pattern": _LISTEN_PATTERN},
                 "minItems": 1,
                 "default": list(defaults.LISTEN),
-                "description": "Addresses to listen on: 'IPv4:port' or '[IPv6]:port'.",
+                "description": (
+                    "Addresses to listen on: 'IPv4:port' or '[IPv6]:port'. Not used when systemd "
+                    "passes the sockets (etrn-bridge.socket, socket activation)."
+                ),
             },
             "hostname": {
                 "type": "string",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -76,6 +77,8 @@ class Service:
         self._requests: set[asyncio.Future[Outcome]] = set()
         self._followers: set[asyncio.Future[None]] = set()
         self._completions: set[asyncio.Future[None]] = set()
+        # Requests by how they ended (Status value), for the service manager's STATUS=.
+        self.counts: Counter[str] = Counter()
 
     @classmethod
     def from_config(
@@ -157,6 +160,7 @@ class Service:
         self, request: Request, outcome: Outcome, *, client_gone: bool = False, cut: bool = False
     ) -> None:
         reply = self.audit.reply_and_record(request, outcome, client_gone=client_gone, cut=cut)
+        self.counts[outcome.status.value] += 1
         log.info(
             "etrn session=%s client=%s target=%s status=%s rule=%s coalesced=%s reply=%s%s",
             request.session_id,

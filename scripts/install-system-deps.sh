@@ -3,9 +3,12 @@
 #   perl + Net::SMTP: a real client's ETRN; fetchmail: its "proto ETRN" mode;
 #   sudo: the unprivileged bridge's command_prefix; groff-base: renders the man page;
 #   iproute2: ss shows the listen backlog; util-linux, mount: prlimit and a small tmpfs
-#   (fd exhaustion, a full disk).
+#   (fd exhaustion, a full disk), setpriv;
+#   systemd: systemd-analyze verify and systemd-socket-activate (neither needs systemd
+#   as PID 1); logrotate: rotates the audit file in its test;
+#   patchelf: a setgid postqueue for the lab (setgid programs ignore LD_LIBRARY_PATH).
 set -euo pipefail
-PACKAGES=(perl fetchmail sudo groff-base iproute2 util-linux mount)
+PACKAGES=(perl fetchmail sudo groff-base iproute2 util-linux mount systemd logrotate patchelf)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

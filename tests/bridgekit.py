@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 import yaml
 
@@ -304,3 +307,14 @@ def run_send(port: int, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def require_program(program: str) -> str:
+    """The program's path. Missing: as root (CI) the test fails, otherwise it skips loudly."""
+    path = shutil.which(program)
+    if path is None:
+        message = f"{program} not installed: run scripts/install-system-deps.sh"
+        if os.geteuid() == 0:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -28,6 +28,7 @@ from etrn_bridge.frontends.listener import Listener
 from etrn_bridge.frontends.passwords import PasswordFileError
 from etrn_bridge.frontends.sockets import bind_listeners, bound_name
 from etrn_bridge.service import Service
+from etrn_bridge.systemd import Notifier, listen_fds, status_line
 
 # Seconds an ETRN in progress may take to answer after SIGTERM before its session is
 # cut. Its flush goes on after that, up to the backend's timeout, and is audited; a
@@ -39,6 +40,8 @@ READY_MESSAGE = "ready, listening on %s"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SUPERVISED_SIGNALS = {*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD}
 LOG_FORMAT = "etrn-bridge[%(process)d]: %(levelname)s %(name)s: %(message)s"
+# Seconds between STATUS= updates (request counts) to the service manager.
+STATUS_INTERVAL = 5.0
 
 log = logging.getLogger("etrn_bridge.serve")
 
@@ -88,11 +91,13 @@ class Runtime:
     listener: Listener
     socket_sets: list[list[socket.socket]]  # the listening sockets of each worker
     loop_factory: LoopFactory | None  # None: asyncio's own loop
+    notifier: Notifier  # systemd's notify socket (does nothing outside systemd)
 
 
 def prepare(config: Config) -> Runtime:
     """Open, load and bind everything that may need root, then drop to ``user``."""
     loop_factory = event_loop_factory(config.event_loop)
+    notifier = Notifier.from_environment()
     audit = AuditLog(config.audit.file, config.audit.syslog, config.audit.syslog_address)
     try:
         service = Service.from_config(config, audit)
@@ -105,7 +110,7 @@ def prepare(config: Config) -> Runtime:
         drop_privileges(config.user)
     elif os.geteuid() == 0:
         log.warning("running as root: set 'user:' in the config to drop privileges")
-    return Runtime(config, audit, service, listener, socket_sets, loop_factory)
+    return Runtime(config, audit, service, listener, socket_sets, loop_factory, notifier)
 
 
 def bind_worker_sockets(config: Config) -> list[list[socket.socket]]:
@@ -113,8 +118,13 @@ def bind_worker_sockets(config: Config) -> list[list[socket.socket]]:
 
     Several workers get SO_REUSEPORT sockets of their own so the kernel spreads
     connections across them: on one shared socket the worker that happens to be
-    awake takes nearly all of them.
+    awake takes nearly all of them. Sockets passed by systemd (socket activation)
+    replace ``listen:``; workers then share them, as the unit bound them once.
     """
+    activated = listen_fds()
+    if activated:
+        log.info("socket activation: %d sockets from the service manager", len(activated))
+        return [activated] + [[s.dup() for s in activated] for _ in range(config.workers - 1)]
     first = bind_listeners(config.listen, reuse_port=config.workers > 1)
     socket_sets = [first]
     try:
@@ -153,9 +163,23 @@ def run_worker(runtime: Runtime, sockets: list[socket.socket]) -> int:
 
 def on_sighup(runtime: Runtime) -> None:
     """SIGHUP: re-open the audit file after rotation, then re-read the config's policy."""
+    runtime.notifier.reloading()
     runtime.audit.reopen()
     log.info("SIGHUP: audit file re-opened")
-    runtime.service.reload_from(runtime.config.path)
+    reloaded = runtime.service.reload_from(runtime.config.path)
+    verdict = "reloaded" if reloaded else "reload FAILED, previous policy in force"
+    runtime.notifier.ready(f"{verdict}; {status_line(runtime.service.counts)}")
+
+
+async def report_status(runtime: Runtime) -> None:
+    """Keep ``systemctl status`` showing the request counts."""
+    reported = ""
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL)
+        line = status_line(runtime.service.counts)
+        if line != reported:
+            runtime.notifier.status(line)
+            reported = line
 
 
 async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
@@ -166,8 +190,14 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED_SIGNALS)
         await runtime.listener.serve(sockets)
         log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
-        log.info(READY_MESSAGE, " ".join(bound_name(sock) for sock in sockets))
+        addresses = " ".join(bound_name(sock) for sock in sockets)
+        log.info(READY_MESSAGE, addresses)
+        runtime.notifier.ready(f"listening on {addresses}")
+        reporter = asyncio.create_task(report_status(runtime)) if runtime.notifier.enabled else None
         await stop.wait()
+        runtime.notifier.stopping()
+        if reporter:
+            reporter.cancel()
         log.info("stopping: closing sessions, waiting for flushes still running")
         await runtime.listener.stop(SHUTDOWN_GRACE, cut_now)
         await runtime.service.drain(cut_now=cut_now)
@@ -210,12 +240,23 @@ def supervise(runtime: Runtime) -> int:
     close_sockets(runtime.socket_sets)
     runtime.audit.close()
     log.info("started %d workers: %s", len(workers), " ".join(map(str, sorted(workers))))
+    # The workers' sockets were listening before the fork: connections queue until they accept.
+    worker_status = f"{len(workers)} workers"
+    runtime.notifier.ready(worker_status)
     status = EXIT_OK
     stopping = False
     while workers:
         signum = signal.sigwait(SUPERVISED_SIGNALS)
+        if signum == signal.SIGHUP:
+            # Each worker reloads on its own; the parent cannot wait for them.
+            runtime.notifier.reloading()
+            signal_workers(workers, signum)
+            runtime.notifier.ready(worker_status)
+            continue
         if signum != signal.SIGCHLD:
-            stopping = stopping or signum in STOP_SIGNALS
+            if not stopping:
+                runtime.notifier.stopping()
+            stopping = True
             signal_workers(workers, signum)
             continue
         for pid, code in reap(workers):
@@ -233,6 +274,8 @@ def fork_worker(runtime: Runtime, index: int) -> int:
     pid = os.fork()
     if pid:
         return pid
+    # Only the supervising parent (systemd's main process) speaks to systemd.
+    runtime.notifier.silence()
     mine = runtime.socket_sets[index]
     # Another worker's socket left open here would keep its share of connections
     # queued, unanswered, after that worker ended.
