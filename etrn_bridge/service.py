@@ -22,6 +22,7 @@ from pathlib import Path
 from etrn_bridge.audit import AuditLog, flush_record, timestamp
 from etrn_bridge.backends.base import Backend, create_backend
 from etrn_bridge.config import Config, ConfigError, load_config
+from etrn_bridge.observer import NullObserver, Observer
 from etrn_bridge.policy.coalesce import FlushCoalescer
 from etrn_bridge.policy.index import client_address
 from etrn_bridge.policy.limits import LimitSettings, SlidingWindow
@@ -63,11 +64,14 @@ class Service:
         audit: AuditLog,
         limits: LimitSettings | None = None,
         rdns: ForwardConfirmedRdns | None = None,
+        *,
+        observer: Observer | None = None,
     ) -> None:
         settings = limits or LimitSettings()
         self._state = PolicyState(policy, settings, backend)
         self.audit = audit
         self.rdns = rdns or ForwardConfirmedRdns()
+        self.observer: Observer = observer or NullObserver()
         self._client_rates = SlidingWindow()
         self._coalescer = FlushCoalescer(settings.max_concurrent_flushes)
         # Flushes that go on after the reply (Exim), awaited so their end is audited.
@@ -75,7 +79,12 @@ class Service:
 
     @classmethod
     def from_config(
-        cls, config: Config, audit: AuditLog, *, resolver: Resolver | None = None
+        cls,
+        config: Config,
+        audit: AuditLog,
+        *,
+        resolver: Resolver | None = None,
+        observer: Observer | None = None,
     ) -> Service:
         return cls(
             config.policy,
@@ -83,6 +92,7 @@ class Service:
             audit,
             config.limits,
             ForwardConfirmedRdns(resolver),
+            observer=observer,
         )
 
     @property
@@ -127,6 +137,7 @@ class Service:
             outcome.coalesced,
             reply[:3],
         )
+        self.observer.request_handled(request, outcome, reply[:3])
         flush, target, backend = outcome.flush, outcome.target, outcome.backend
         if flush is not None and flush.completion is not None and target and backend:
             self._follow_completion(request.session_id, target, backend, flush.completion)
@@ -159,7 +170,10 @@ class Service:
             return Outcome(Status.RATE_LIMITED, target, decision, reason=reason, extra=extra)
         backend = state.backend
         self._coalescer.resize(state.limits.max_concurrent_flushes)
-        ran = await self._coalescer.run(target, per_target, lambda: _flush(backend, target))
+        observer = self.observer
+        ran = await self._coalescer.run(
+            target, per_target, lambda: _flush(backend, target, observer)
+        )
         return Outcome(
             _status_of(ran.result),
             target,
@@ -182,6 +196,7 @@ class Service:
                 **config.policy.summary(),
             }
         )
+        self.observer.reloaded(ok=True)
         log.info("reload: %s is in force", config.path)
 
     def reload_from(self, path: str | Path) -> bool:
@@ -208,6 +223,7 @@ class Service:
                 "errors": messages,
             }
         )
+        self.observer.reloaded(ok=False)
 
     def _follow_completion(
         self,
@@ -235,12 +251,15 @@ class Service:
             await asyncio.gather(*self._completions, return_exceptions=True)
 
 
-async def _flush(backend: Backend, target: Target) -> FlushResult:
+async def _flush(backend: Backend, target: Target, observer: Observer) -> FlushResult:
+    started = time.monotonic()
     try:
-        return await backend.flush(target)
+        result = await backend.flush(target)
     except Exception as exc:  # a backend bug must cost one 458, not the server
         log.exception("backend %s failed on %s", backend.name, target)
-        return FlushResult(started=False, detail=f"internal error: {exc!r}")
+        result = FlushResult(started=False, detail=f"internal error: {exc!r}")
+    observer.backend_ran(backend.name, result, time.monotonic() - started)
+    return result
 
 
 def _parse(request: Request) -> Target | Outcome:

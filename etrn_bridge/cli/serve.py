@@ -20,6 +20,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from etrn_bridge.audit import AuditLog
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
@@ -28,6 +29,9 @@ from etrn_bridge.frontends.listener import Listener
 from etrn_bridge.frontends.passwords import PasswordFileError
 from etrn_bridge.frontends.sockets import bind_listeners, bound_name
 from etrn_bridge.service import Service
+
+if TYPE_CHECKING:
+    from etrn_bridge.metrics.prometheus import PrometheusObserver
 
 # Seconds an ETRN in progress may take to answer after SIGTERM before its session is cut.
 SHUTDOWN_GRACE = 10.0
@@ -86,15 +90,19 @@ class Runtime:
     listener: Listener
     socket_sets: list[list[socket.socket]]  # the listening sockets of each worker
     loop_factory: LoopFactory | None  # None: asyncio's own loop
+    metrics: PrometheusObserver | None = None  # its endpoint starts in each worker
 
 
 def prepare(config: Config) -> Runtime:
     """Open, load and bind everything that may need root, then drop to ``user``."""
     loop_factory = event_loop_factory(config.event_loop)
     audit = AuditLog(config.audit.file, config.audit.syslog, config.audit.syslog_address)
+    metrics = metrics_observer(config)
     try:
-        service = Service.from_config(config, audit)
+        service = Service.from_config(config, audit, observer=metrics)
         listener = Listener.from_config(config, service)
+        if metrics is not None:
+            metrics.count_sessions(lambda: len(listener.sessions))
         socket_sets = bind_worker_sockets(config)
     except BaseException:
         audit.close()
@@ -103,7 +111,16 @@ def prepare(config: Config) -> Runtime:
         drop_privileges(config.user)
     elif os.geteuid() == 0:
         log.warning("running as root: set 'user:' in the config to drop privileges")
-    return Runtime(config, audit, service, listener, socket_sets, loop_factory)
+    return Runtime(config, audit, service, listener, socket_sets, loop_factory, metrics)
+
+
+def metrics_observer(config: Config) -> PrometheusObserver | None:
+    if config.metrics is None:
+        return None
+    # Imported only when configured: nothing else loads the metrics library.
+    from etrn_bridge.metrics.prometheus import PrometheusObserver  # noqa: PLC0415
+
+    return PrometheusObserver()
 
 
 def bind_worker_sockets(config: Config) -> list[list[socket.socket]]:
@@ -163,6 +180,8 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         # the worker by default action) before the handlers above exist.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED_SIGNALS)
         await runtime.listener.serve(sockets)
+        if not start_metrics(runtime, sockets):
+            return EXIT_FAILURE
         log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
         log.info(READY_MESSAGE, " ".join(bound_name(sock) for sock in sockets))
         await stop.wait()
@@ -173,6 +192,18 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         runtime.audit.close()
     log.info("stopped")
     return EXIT_OK
+
+
+def start_metrics(runtime: Runtime, sockets: list[socket.socket]) -> bool:
+    """Serve the metrics endpoint of this worker (if configured) until the process ends."""
+    if runtime.metrics is None or runtime.config.metrics is None:
+        return True
+    try:
+        runtime.metrics.serve(runtime.config.metrics, runtime.socket_sets.index(sockets))
+    except OSError as exc:
+        log.error("cannot start: metrics endpoint: %s", exc)
+        return False
+    return True
 
 
 def install_signal_handlers(runtime: Runtime) -> asyncio.Event:
