@@ -38,8 +38,10 @@ def escape_client_text(text: str | None) -> str | None:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def timestamp(moment: datetime | None = None) -> str:
+    """``moment`` (default: now) as records carry it: UTC, milliseconds, fixed width."""
+    utc = (moment or datetime.now(UTC)).astimezone(UTC)
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def request_record(request: Request, outcome: Outcome, reply: str) -> dict[str, Any]:
