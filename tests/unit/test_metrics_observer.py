@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from etrn_bridge.metrics.prometheus import PrometheusObserver
 from etrn_bridge.observer import IndexStats
 
-ALERTS = Path(__file__).resolve().parents[2] / "examples" / "prometheus-alerts.yaml"
+ALERTS = Path(__file__).resolve().parents[2] / "examples" / "prometheus" / "etrn-bridge.rules.yaml"
 # Names Prometheus itself makes for every scrape target.
 PROMETHEUS_OWN = {"up"}
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
