@@ -17,13 +17,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Self
 
-import idna
 import jsonschema
 
 from etrn_bridge.backends.base import BackendOptionError
 from etrn_bridge.backends.process import ProgramResult, run_program
 from etrn_bridge.request import FlushResult
-from etrn_bridge.target import Target, TargetKind
+from etrn_bridge.target import Target, TargetKind, recipient_domain
 
 # Which recipient domains (lower-case A-labels) a target selects.
 DomainPredicate = Callable[[str], bool]
@@ -55,28 +54,6 @@ class ListingError(Exception):
 
 class UnknownQueue(Exception):
     """The MTA says the ``#queue`` named does not exist (459, like Sendmail's own ETRN)."""
-
-
-def recipient_domain(address: str) -> str | None:
-    """The recipient's domain as lower-case A-labels, comparable with ``Target.name``.
-
-    Only the part after the last ``@`` counts (a local part may contain ``@``
-    when quoted, and may look like a domain: ``customer.test@other.test``).
-    None when the address has no domain or it is not a valid IDNA name.
-    """
-    address = address.strip().strip("<>")
-    local, at, domain = address.rpartition("@")
-    if not at or not local:
-        return None
-    domain = domain.rstrip(".")
-    if not domain:
-        return None
-    if domain.isascii():
-        return domain.lower()
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
