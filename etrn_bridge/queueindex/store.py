@@ -100,10 +100,10 @@ class QueueIndex:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
+        # Opened at first use, so a process that drops privileges after reading its
+        # config creates the file (and its -wal/-shm) as the user that will write it.
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
-        with self._locked() as db:  # create the file and tables now: errors show at start
-            db.execute("SELECT 1")
 
     # -- connection ------------------------------------------------------------------------
 
@@ -213,6 +213,11 @@ class QueueIndex:
                 (key,),
             ).fetchone()
         return int(messages), int(size)
+
+    def last_reconciled(self) -> float | None:
+        """Wall clock at which the last reconciliation's listing began; None: never."""
+        with self._locked() as db:
+            return _meta(db, RECONCILED)
 
     def stats(self) -> IndexStats:
         with self._locked() as db:

@@ -203,5 +203,6 @@ def test_file_is_wal_and_survives_reopening(tmp_path: Path) -> None:
 def test_not_a_database_fails_loudly(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
     path.write_bytes(b"this is not an SQLite file" * 100)
+    index = QueueIndex(path)
     with pytest.raises(sqlite3.DatabaseError):
-        QueueIndex(path)
+        index.stats()
