@@ -27,7 +27,7 @@ from etrn_bridge.backends.base import BackendOptionError
 from etrn_bridge.backends.listing import SharedListing
 from etrn_bridge.backends.process import ProgramResult, run_program
 from etrn_bridge.queueindex.store import IndexedMessage, QueueIndex
-from etrn_bridge.request import FlushResult
+from etrn_bridge.request import REQUEST_ARRIVED, FlushResult
 from etrn_bridge.target import Target, TargetKind, recipient_domain
 
 # Which recipient domains (lower-case A-labels) a target selects.
@@ -273,7 +273,9 @@ class MtaBackend(ABC):
 
     async def _listed(self, queue: str | None) -> tuple[list[QueuedMessage], bool]:
         """(messages, whether another request's run supplied them)."""
-        return await self.listings.get(self.listing_arguments(queue), lambda: self._list_now(queue))
+        return await self.listings.get(
+            self.listing_arguments(queue), lambda: self._list_now(queue), REQUEST_ARRIVED.get()
+        )
 
     async def _list_now(self, queue: str | None) -> list[QueuedMessage]:
         result = await self.run(*self.listing_arguments(queue))
