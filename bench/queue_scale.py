@@ -195,7 +195,7 @@ def report(name: str, times: list[float], codes: list[int], listings: int | str)
 
 def sink_clear(mta: LabMta) -> None:
     for path in mta.sink_dir.glob("*.eml"):
-        path.unlink()
+        path.unlink(missing_ok=True)  # the sink renames files as it finishes them
 
 
 def wait_delivered(mta: LabMta, name: str, count: int, timeout: float = 120) -> float:

@@ -97,6 +97,28 @@ def select_messages(messages: Iterable[QueuedMessage], covers: DomainPredicate) 
     return Selection(tuple(selected), shared)
 
 
+class QueueListing:
+    """One listing run's messages, with a recipient-domain map built once for every
+    request sharing the run: a request then costs O(domains), not O(messages)."""
+
+    def __init__(self, messages: Sequence[QueuedMessage]) -> None:
+        self.messages = messages
+        self._by_domain: dict[str, list[QueuedMessage]] | None = None
+
+    def select(self, covers: DomainPredicate) -> Selection:
+        if self._by_domain is None:
+            self._by_domain = {}
+            for message in self.messages:
+                for domain in {recipient_domain(address) for address in message.recipients}:
+                    if domain is not None:
+                        self._by_domain.setdefault(domain, []).append(message)
+        candidates: dict[str, QueuedMessage] = {}
+        for domain, messages in self._by_domain.items():
+            if covers(domain):
+                candidates.update((message.queue_id, message) for message in messages)
+        return select_messages(candidates.values(), covers)
+
+
 def _covered(address: str, covers: DomainPredicate) -> bool:
     domain = recipient_domain(address)
     return domain is not None and covers(domain)
@@ -217,7 +239,7 @@ class MtaBackend(ABC):
         self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
         self.max_concurrent = int(options.get("max_concurrent", DEFAULT_MAX_CONCURRENT))
         self._slots: asyncio.Semaphore | None = None
-        self.listings: SharedListing[list[QueuedMessage]] = SharedListing(
+        self.listings: SharedListing[QueueListing] = SharedListing(
             float(options.get("listing_max_age", DEFAULT_LISTING_MAX_AGE))
         )
         # Set by use_index(): nodes and @nodes are then selected from it.
@@ -263,18 +285,22 @@ class MtaBackend(ABC):
 
     async def list_queue(self, target: Target) -> list[QueuedMessage]:
         """The messages the MTA lists for this target's queue; raises ListingError."""
-        messages, _ = await self._listed(target.name if target.kind is TargetKind.QUEUE else None)
-        return messages
+        listing, _ = await self._listed(target.name if target.kind is TargetKind.QUEUE else None)
+        return list(listing.messages)
 
     async def queued_messages(self) -> list[QueuedMessage]:
         """The whole default listing, run now, held messages included (for reconciliation:
         it must know when its listing began, so it shares no run)."""
         return await self._list_now(None)
 
-    async def _listed(self, queue: str | None) -> tuple[list[QueuedMessage], bool]:
-        """(messages, whether another request's run supplied them)."""
+    async def _listed(self, queue: str | None) -> tuple[QueueListing, bool]:
+        """(the listing, whether another request's run supplied it)."""
+
+        async def run_listing() -> QueueListing:
+            return QueueListing(await self._list_now(queue))
+
         return await self.listings.get(
-            self.listing_arguments(queue), lambda: self._list_now(queue), REQUEST_ARRIVED.get()
+            self.listing_arguments(queue), run_listing, REQUEST_ARRIVED.get()
         )
 
     async def _list_now(self, queue: str | None) -> list[QueuedMessage]:
@@ -305,8 +331,8 @@ class MtaBackend(ABC):
             if indexed is not None:
                 return select_messages(indexed, covers), FROM_INDEX
         queue = target.name if target.kind is TargetKind.QUEUE else None
-        messages, shared = await self._listed(queue)
-        return select_messages(messages, covers), FROM_SHARED_LISTING if shared else FROM_LISTING
+        listing, shared = await self._listed(queue)
+        return listing.select(covers), FROM_SHARED_LISTING if shared else FROM_LISTING
 
     def _from_index(self, target: Target) -> list[QueuedMessage] | None:
         """The index's messages for a node/@node; None when it cannot answer (none
