@@ -23,6 +23,7 @@ from etrn_bridge.metrics.settings import MetricsSettings
 from etrn_bridge.policy.compile import PolicyProblem, compile_policy
 from etrn_bridge.policy.limits import LimitSettings, parse_limits
 from etrn_bridge.policy.model import Policy
+from etrn_bridge.queueindex.settings import IndexSettings, parse_index
 from etrn_bridge.schema import config_schema
 from etrn_bridge.yamlmarks import KeyPath, Mark, MarkedDocument, format_path, load_marked
 
@@ -97,6 +98,7 @@ class Config:
     workers: int = 1  # serving processes forked by `serve`
     event_loop: str = "asyncio"  # or "uvloop" (optional extra)
     metrics: MetricsSettings | None = None  # None: no metrics endpoint
+    index: IndexSettings | None = None  # the queue index; None: list the queue
 
 
 def load_config(path: str | Path) -> Config:
@@ -250,6 +252,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         workers=data.get("workers", 1),
         event_loop=data.get("event_loop", "asyncio"),
         metrics=_metrics(data.get("metrics")),
+        index=parse_index(data.get("index"), base_dir),
     )
 
 

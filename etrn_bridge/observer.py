@@ -9,18 +9,9 @@ must not raise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from etrn_bridge.request import FlushResult, Outcome, Request
-
-
-@dataclass(frozen=True, slots=True)
-class IndexStats:
-    """What a queue index reports about itself: size, and when it last matched the queue."""
-
-    messages: int
-    reconciled_at: float | None  # time.time() of the last reconciliation; None: never
 
 
 class Observer(Protocol):
@@ -33,8 +24,9 @@ class Observer(Protocol):
     def reloaded(self, ok: bool) -> None:
         """A reload put a new config in force (ok) or left the old one (not ok)."""
 
-    def index_reported(self, stats: IndexStats) -> None:
-        """A queue index reports its size and freshness (after a write or reconciliation)."""
+    def index_reported(self, messages: int, reconciled_at: float | None) -> None:
+        """The queue index holds ``messages``; its last reconciliation with the MTA's
+        queue began at ``reconciled_at`` (``time.time()``; None: never)."""
 
 
 class NullObserver:
@@ -49,5 +41,5 @@ class NullObserver:
     def reloaded(self, ok: bool) -> None:
         pass
 
-    def index_reported(self, stats: IndexStats) -> None:
+    def index_reported(self, messages: int, reconciled_at: float | None) -> None:
         pass

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from etrn_bridge.audit import AuditLog, flush_record, timestamp
 from etrn_bridge.backends.base import Backend, create_backend
+from etrn_bridge.backends.reconcile import with_index
 from etrn_bridge.config import Config, ConfigError, load_config
 from etrn_bridge.observer import NullObserver, Observer
 from etrn_bridge.policy.coalesce import FlushCoalescer
@@ -28,7 +29,14 @@ from etrn_bridge.policy.index import client_address
 from etrn_bridge.policy.limits import LimitSettings, SlidingWindow
 from etrn_bridge.policy.model import Policy
 from etrn_bridge.policy.rdns import ForwardConfirmedRdns, Resolver
-from etrn_bridge.request import Decision, FlushResult, Outcome, Request, Status
+from etrn_bridge.request import (
+    REQUEST_ARRIVED,
+    Decision,
+    FlushResult,
+    Outcome,
+    Request,
+    Status,
+)
 from etrn_bridge.target import MissingArgument, Target, TargetError, parse_target
 
 log = logging.getLogger("etrn_bridge")
@@ -88,7 +96,7 @@ class Service:
     ) -> Service:
         return cls(
             config.policy,
-            create_backend(config.backend),
+            with_index(create_backend(config.backend), config.index),
             audit,
             config.limits,
             ForwardConfirmedRdns(resolver),
@@ -116,6 +124,7 @@ class Service:
 
     async def handle_with(self, state: PolicyState, request: Request) -> Outcome:
         started = time.monotonic()
+        REQUEST_ARRIVED.set(started)
         parsed = _parse(request)
         if isinstance(parsed, Outcome):
             outcome = parsed
@@ -186,7 +195,8 @@ class Service:
 
     def reload(self, config: Config) -> None:
         """Put a validated config's policy, limits and backend in force."""
-        self._state = PolicyState(config.policy, config.limits, create_backend(config.backend))
+        backend = with_index(create_backend(config.backend), config.index)
+        self._state = PolicyState(config.policy, config.limits, backend)
         self.audit.write(
             {
                 "ts": timestamp(),

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from etrn_bridge.audit import AuditLog
+from etrn_bridge.backends.reconcile import start_reconciler
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config, ListenAddress
 from etrn_bridge.frontends.listener import Listener
@@ -182,9 +183,16 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         await runtime.listener.serve(sockets)
         if not start_metrics(runtime, sockets):
             return EXIT_FAILURE
+        reconciling = start_reconciler(
+            runtime.config.index,
+            lambda: runtime.service.backend,
+            runtime.service.observer.index_reported,
+        )
         log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
         log.info(READY_MESSAGE, " ".join(bound_name(sock) for sock in sockets))
         await stop.wait()
+        if reconciling is not None:
+            reconciling.cancel()
         log.info("stopping: closing sessions, waiting for flushes still running")
         await runtime.listener.stop(SHUTDOWN_GRACE)
         await runtime.service.drain()

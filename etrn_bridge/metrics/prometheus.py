@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.process_collector import ProcessCollector
 
 from etrn_bridge.metrics.settings import MetricsSettings
-from etrn_bridge.observer import IndexStats
 from etrn_bridge.request import FlushResult, Outcome, Request, Status
 
 PREFIX = "etrn_bridge"
@@ -94,7 +93,7 @@ class PrometheusObserver:
             ["result"],
             registry=registry,
         )
-        self._index: IndexStats | None = None
+        self._index: tuple[int, float | None] | None = None  # as last reported
 
     # Observer ------------------------------------------------------------------
 
@@ -120,7 +119,7 @@ class PrometheusObserver:
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels("success" if ok else "failure").inc()
 
-    def index_reported(self, stats: IndexStats) -> None:
+    def index_reported(self, messages: int, reconciled_at: float | None) -> None:
         if self._index is None:  # exported once an index exists, not before
             Gauge(
                 f"{PREFIX}_index_messages",
@@ -132,7 +131,7 @@ class PrometheusObserver:
                 "Seconds since the queue index was last reconciled with the MTA's queue.",
                 registry=self.registry,
             ).set_function(self._index_age)
-        self._index = stats
+        self._index = (messages, reconciled_at)
 
     # Front end facts and the endpoint --------------------------------------------
 
@@ -154,13 +153,11 @@ class PrometheusObserver:
         return server
 
     def _index_messages(self) -> float:
-        return math.nan if self._index is None else self._index.messages
+        return math.nan if self._index is None else self._index[0]
 
     def _index_age(self) -> float:
-        stats = self._index
-        if stats is None or stats.reconciled_at is None:
-            return math.nan
-        return max(0.0, time.time() - stats.reconciled_at)
+        reconciled_at = None if self._index is None else self._index[1]
+        return math.nan if reconciled_at is None else max(0.0, time.time() - reconciled_at)
 
 
 def _run_result(result: FlushResult) -> str:

@@ -8,11 +8,14 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from bridgekit import BASE_CONFIG, Bridge, merge_config, write_config
 from prometheus_client.parser import text_string_to_metric_families
+
+from etrn_bridge.queueindex.store import IndexedMessage, QueueIndex
 
 METRICS_ON = r"metrics on (http://\S+/metrics)"
 LOOPBACK_ANY_PORT = {"metrics": {"listen": "127.0.0.1:0"}}
@@ -166,3 +169,21 @@ def test_metrics_port_in_use_stops_serve(start_bridge: Callable[..., Bridge]) ->
         port = taken.getsockname()[1]
         with pytest.raises(AssertionError, match="cannot start: metrics endpoint"):
             start_bridge({"metrics": {"listen": f"127.0.0.1:{port}"}})
+
+
+def test_index_size_and_age_once_the_index_reports(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    # The index as its writers and a reconciliation 120 s ago left it.
+    index = QueueIndex(tmp_path / "index.sqlite")
+    queued = [IndexedMessage(f"Q{i}", (f"u{i}@customer.example",), 1000) for i in range(3)]
+    index.reconcile(queued, time.time() - 120)
+    index.record("Q9", ["v@customer.net"], 500)
+    index.close()
+
+    bridge = start_bridge({**LOOPBACK_ANY_PORT, "index": {"file": "index.sqlite"}})
+    url = metrics_url(bridge)
+    wait_for_value(url, "etrn_bridge_index_messages", 4)
+
+    age = value(scrape(url), "etrn_bridge_index_age_seconds")
+    assert 120 <= age < 180

@@ -12,7 +12,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from etrn_bridge.metrics.prometheus import PrometheusObserver
-from etrn_bridge.observer import IndexStats
 
 ALERTS = Path(__file__).resolve().parents[2] / "examples" / "prometheus" / "etrn-bridge.rules.yaml"
 # Names Prometheus itself makes for every scrape target.
@@ -37,7 +36,7 @@ def exported_names() -> set[str]:
     """Every etrn_bridge_* sample name a bridge with an index can expose."""
     observer = PrometheusObserver()
     observer.count_sessions(lambda: 0)
-    observer.index_reported(IndexStats(messages=1, reconciled_at=time.time()))
+    observer.index_reported(1, time.time())
     return {
         name + suffix
         for name, kind in families(observer).items()
@@ -60,9 +59,9 @@ def test_index_metrics_appear_once_an_index_reports() -> None:
     observer = PrometheusObserver()
     assert index_samples(observer) == {}
 
-    observer.index_reported(IndexStats(messages=1234, reconciled_at=time.time() - 60))
+    observer.index_reported(1234, time.time() - 60)
     first = index_samples(observer)
-    observer.index_reported(IndexStats(messages=7, reconciled_at=None))
+    observer.index_reported(7, None)
     second = index_samples(observer)
 
     assert first["etrn_bridge_index_messages"] == 1234
