@@ -331,7 +331,7 @@ class _Matcher:
 
 class _LinePrefilter:
     """Drops the lines of a block that are in the writer's layout and cannot match
-    the query (time bounds, target, status), with C-level tests only: no line
+    the query (time bounds, target, status, IPv4 networks), with C-level tests only: no line
     is parsed, and a line in any other layout is kept for the full checks."""
 
     _START = b'{"ts":"'
@@ -351,11 +351,21 @@ class _LinePrefilter:
             if values:
                 tokens = [f'"{key}":{json.dumps(value)}'.encode() for value in values]
                 self._tests.append(partial(self._any_token, tokens))
+        prefixes = _ipv4_prefixes(query.networks)
+        if prefixes:
+            tokens = [b'"client_ip":"' + prefix for prefix in prefixes]
+            self._tests.append(partial(self._ipv4_prefix_or_ipv6, tokens))
 
     @staticmethod
     def _any_token(tokens: list[bytes], lines: list[bytes]) -> Iterator[bool]:
         found = [map(contains, lines, repeat(token)) for token in tokens]
         return map(any, zip(*found, strict=True)) if len(found) > 1 else found[0]
+
+    @classmethod
+    def _ipv4_prefix_or_ipv6(cls, tokens: list[bytes], lines: list[bytes]) -> Iterator[bool]:
+        # Any IPv6 text may be an IPv4-mapped address inside the networks: kept.
+        ipv6 = map(bool, map(_IPV6_CLIENT.search, lines))
+        return map(or_, cls._any_token(tokens, lines), ipv6)
 
     def apply(self, data: bytes) -> bytes:
         if not self._tests:
@@ -371,6 +381,22 @@ class _LinePrefilter:
             map(b'","event":"'.__eq__, map(itemgetter(self._AFTER_TS), lines)),
         )
         return b"\n".join(compress(lines, map(or_, map(not_, in_layout), passes)))
+
+
+_IPV6_CLIENT = re.compile(rb'"client_ip":"[^"]*:')
+
+
+def _ipv4_prefixes(networks: Iterable[Network]) -> list[bytes]:
+    """Text every IPv4 client in ``networks`` starts with ("127.3." for 127.3.0.0/16,
+    the whole octets the prefix covers); none when a network is IPv6 or shorter than /8."""
+    prefixes = []
+    for network in networks:
+        octets = network.prefixlen // 8
+        if network.version != 4 or octets == 0:
+            return []
+        text = str(network.network_address).split(".")[:octets]
+        prefixes.append(".".join(text).encode() + (b'"' if octets == 4 else b"."))
+    return prefixes
 
 
 # Field types each summarised event must have; anything else is malformed.

@@ -270,6 +270,7 @@ def test_filters(tmp_path: Path) -> None:
             etrn("127.0.1.7", "other.example", Status.DENIED, ts="2026-11-29T12:00:00.000Z"),
             etrn("::1", "acme.example", Status.RATE_LIMITED, ts="2026-11-29T13:00:00.000Z"),
             etrn("::ffff:127.0.0.2", ts="2026-11-30T00:00:00.000Z"),
+            etrn("0:0:0:0:0:ffff:7f00:3", ts="2026-11-30T00:00:00.000Z"),
         ],
     )
 
@@ -287,7 +288,12 @@ def test_filters(tmp_path: Path) -> None:
     assert rows(networks=(parse_network("::1"),)) == [("::1", "acme.example")]
     # An IPv4-mapped client is the IPv4 address, as the policy sees it.
     assert rows(networks=(parse_network("127.0.0.2/32"),)) == [("::ffff:127.0.0.2", "acme.example")]
-    assert rows(networks=(parse_network("::ffff:127.0.0.0/120"),))[0][0] == "127.0.0.1"
+    assert rows(networks=(parse_network("127.0.0.0/30"),)) == [
+        ("0:0:0:0:0:ffff:7f00:3", "acme.example"),
+        ("127.0.0.1", "acme.example"),
+        ("::ffff:127.0.0.2", "acme.example"),
+    ]
+    assert ("127.0.0.1", "acme.example") in rows(networks=(parse_network("::ffff:127.0.0.0/120"),))
     assert rows(statuses=frozenset({"denied", "rate_limited"})) == [
         ("127.0.1.7", "other.example"),
         ("::1", "acme.example"),
@@ -328,3 +334,36 @@ def test_parse_time() -> None:
             parse_time(bad, now)
     with pytest.raises(QueryError):
         parse_network("127.0.0.300/8")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        Query(since="2026-11-29T10:01:00.000Z", until="2026-11-29T10:03:30.000Z"),
+        Query(targets=frozenset({"c1.example", "c3.example"})),
+        Query(statuses=frozenset({"denied", "failed"})),
+        Query(networks=(parse_network("127.0.3.0/24"), parse_network("127.0.4.1/32"))),
+        Query(networks=(parse_network("127.0.0.0/20"),), rules=frozenset({"-"})),
+    ],
+    ids=["time", "targets", "statuses", "networks", "network-and-rule"],
+)
+def test_raw_line_prefilter_changes_nothing_but_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: Query
+) -> None:
+    records: list[dict[str, Any] | bytes] = [
+        etrn(
+            f"127.0.{i % 7}.1" if i % 5 else f"::ffff:127.0.{i % 7}.1",
+            f"c{i % 5}.example",
+            [Status.PENDING_STARTED, Status.DENIED, Status.FAILED][i % 3],
+            ts=f"2026-11-29T10:0{i // 60}:{i % 60:02d}.000Z",
+        )
+        for i in range(300)
+    ]
+    path = write(tmp_path / "audit.jsonl", [*records, *hostile_variants()])
+    filtered = auditquery.summarise([path], query)
+    monkeypatch.setattr(auditquery._LinePrefilter, "apply", lambda self, data: data)
+    unfiltered = auditquery.summarise([path], query)
+    assert filtered.matched == unfiltered.matched > 0
+    assert {k: r.values() for k, r in filtered.rows.items()} == {
+        k: r.values() for k, r in unfiltered.rows.items()
+    }
