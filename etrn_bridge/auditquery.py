@@ -14,7 +14,12 @@ over a whole block of lines, which checks every member's JSON syntax and
 captures only the fields a summary needs, and identical captures are counted
 in C (``Counter``). Any other line (another event, an escaped value in a
 captured field, a layout this code does not know) takes the ``json.loads``
-path, so the fast path can only be faster, never different.
+path, so the fast path can only be faster, never different. Before that, a
+query's time bounds, targets, statuses and IPv4 networks drop the lines in
+the writer's layout that cannot match, by slicing and substring tests on the
+raw bytes (the writer escapes every quote inside a string, so a
+``"key":"value"`` token can only be that member). Malformed lines are counted
+among the lines those tests keep.
 """
 
 from __future__ import annotations
@@ -110,7 +115,7 @@ _SPAN = re.compile(
     re.DOTALL,
 )
 _LAYOUT = _etrn_layout()
-_TS = itemgetter(0)
+_ROW_TS = itemgetter(0)
 _KEY = itemgetter(1, 2)  # client_ip, span
 _OTHER = itemgetter(3)
 
@@ -331,16 +336,17 @@ class _Matcher:
 
 class _LinePrefilter:
     """Drops the lines of a block that are in the writer's layout and cannot match
-    the query (time bounds, target, status, IPv4 networks), with C-level tests only: no line
-    is parsed, and a line in any other layout is kept for the full checks."""
+    the query (time bounds, target, status, IPv4 networks), with C-level tests
+    only: no line is parsed, and a line in any other layout is kept for the full
+    checks."""
 
     _START = b'{"ts":"'
-    _TS = slice(len(_START), len(_START) + len("2026-01-01T00:00:00.000Z"))
-    _AFTER_TS = slice(_TS.stop, _TS.stop + len('","event":"'))
+    _STAMP = slice(len(_START), len(_START) + len("2026-01-01T00:00:00.000Z"))
+    _AFTER_STAMP = slice(_STAMP.stop, _STAMP.stop + len('","event":"'))
 
     def __init__(self, query: Query) -> None:
         self._tests: list[Callable[[list[bytes]], Iterator[bool]]] = []
-        stamp = itemgetter(self._TS)
+        stamp = itemgetter(self._STAMP)
         if query.since is not None:
             since = query.since.encode("ascii", "replace")
             self._tests.append(lambda lines: map(since.__le__, map(stamp, lines)))
@@ -378,7 +384,7 @@ class _LinePrefilter:
         in_layout = map(
             and_,
             map(methodcaller("startswith", self._START), lines),
-            map(b'","event":"'.__eq__, map(itemgetter(self._AFTER_TS), lines)),
+            map(b'","event":"'.__eq__, map(itemgetter(self._AFTER_STAMP), lines)),
         )
         return b"\n".join(compress(lines, map(or_, map(not_, in_layout), passes)))
 
@@ -525,12 +531,12 @@ def summarise(files: Iterable[Path], query: Query) -> Summary:
                     _slow_path(block, row[3], matcher, tally)
             rows = [row for row in rows if not row[3]]
         if since is not None:
-            rows = list(compress(rows, map(since.__le__, map(_TS, rows))))
+            rows = list(compress(rows, map(since.__le__, map(_ROW_TS, rows))))
         if until is not None:
-            rows = list(compress(rows, map(until.__gt__, map(_TS, rows))))
+            rows = list(compress(rows, map(until.__gt__, map(_ROW_TS, rows))))
         keys = list(map(_KEY, rows))
         counts.update(keys)
-        last_seen.update(zip(keys, map(_TS, rows), strict=True))
+        last_seen.update(zip(keys, map(_ROW_TS, rows), strict=True))
     # Distinct spans and clients are far fewer than their pairs: judge each once.
     spans: dict[bytes, _SpanFacts] = {}
     clients: dict[bytes, str | None] = {}
