@@ -18,7 +18,7 @@ Needs root and the lab (``bash tests/mta/lab/all.sh install``); run it inside
 
 Prints figures, asserts nothing. Usage:
     python bench/queue_scale.py [--queued 20000] [--domains 2000] [--flood 100] [--rounds 5]
-                                [--concurrency N]
+                                [--concurrency N] [--flush-socket]
     python bench/queue_scale.py --small      # 2,000 messages over 200 domains, flood 20
 """
 
@@ -121,13 +121,22 @@ class Bridge:
     """``etrn-bridge serve`` on the lab's Postfix, as production runs it: the
     postqueue binary itself (``-c`` selects the instance), no wrapper script."""
 
-    def __init__(self, mta: LabMta, index: Path | None, name: str, concurrency: int | None) -> None:
+    def __init__(
+        self,
+        mta: LabMta,
+        index: Path | None,
+        name: str,
+        concurrency: int | None,
+        flush_socket: bool = False,
+    ) -> None:
         postfix = MTA_LAB / "postfix"
         self.audit = WORKDIR / f"{name}-audit.jsonl"
         self.audit.write_text("")
         config = WORKDIR / f"{name}.yaml"
         index_line = f'index: {{file: "{index}", reconcile: "1h"}}\n' if index else ""
         slots = f", max_concurrent: {concurrency}" if concurrency else ""
+        if flush_socket:
+            slots += f', flush_socket: "{postfix}/spool/public/flush"'
         flushes = f", max_concurrent_flushes: {concurrency}" if concurrency else ""
         config.write_text(
             f'listen: ["127.0.0.1:{BRIDGE_PORT}"]\n'
@@ -229,7 +238,8 @@ def bench(args: argparse.Namespace) -> None:
     print(
         f"Postfix lab, {args.queued} messages over {args.domains} domains "
         f"({per_domain} each), flood of {args.flood} ETRN for distinct domains, "
-        f"bridge concurrency {args.concurrency or 'default (4)'}"
+        f"bridge concurrency {args.concurrency or 'default (4)'}, "
+        f"indexed bridge flushes with {'the flush socket' if args.flush_socket else 'postqueue -s'}"
     )
     injected = inject(mta, args.queued, args.domains)
     settled = wait_deferred(mta, args.queued)
@@ -246,7 +256,7 @@ def bench(args: argparse.Namespace) -> None:
     index_file = WORKDIR / "index.sqlite"
     for leftover in WORKDIR.glob("index.sqlite*"):
         leftover.unlink()
-    bridge = Bridge(mta, index_file, "indexed", args.concurrency)
+    bridge = Bridge(mta, index_file, "indexed", args.concurrency, args.flush_socket)
     try:
         wait_reconciled(index_file)
         times, codes = flood(BRIDGE_PORT, floods[1])
@@ -306,6 +316,11 @@ def main() -> None:
         help="backend.max_concurrent and limits.max_concurrent_flushes (default: the bridge's, 4)",
     )
     parser.add_argument("--small", action="store_true", help="2,000 messages, 200 domains")
+    parser.add_argument(
+        "--flush-socket",
+        action="store_true",
+        help="the indexed bridge asks flush(8) over its socket instead of running postqueue -s",
+    )
     args = parser.parse_args()
     if args.small:
         args.queued, args.domains, args.flood = 2_000, 200, 20

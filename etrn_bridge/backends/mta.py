@@ -35,19 +35,22 @@ DomainPredicate = Callable[[str], bool]
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_CONCURRENT = 4
-# A listing that began this many seconds ago still answers a new request: a
-# burst of ETRN shares one run, and mail queued within the last second may be
-# missed by it (the client's next ETRN finds it).
+# A listing that began up to this many seconds before a request arrived still
+# answers it: a burst of ETRN shares one run, and mail queued within that second
+# may be missed by it (the client's next ETRN finds it).
 DEFAULT_LISTING_MAX_AGE = 1.0
+# How long marking flushed ids may wait for another writer (a reconciliation): on
+# the request path, so short; when it gives up, the ids may be counted once more.
+MARK_BUSY_TIMEOUT_MS = 100
 # Where a flush's selection came from (audited as "selected_from").
 FROM_INDEX = "index"
 FROM_LISTING = "listing"  # a listing run started for this request
 FROM_SHARED_LISTING = "shared_listing"  # another request's listing, in flight or recent
-
-log = logging.getLogger("etrn_bridge.backend")
 # Queue ids per flush command line: far below ARG_MAX (2 MiB on Linux) even
 # with Exim 4.97+ 23-character ids, and small enough to run a few in parallel.
 MAX_IDS_PER_RUN = 200
+
+log = logging.getLogger("etrn_bridge.backend")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +175,8 @@ def _schema(program_option: str, default_program: str, extra: Mapping[str, Any])
             "default": DEFAULT_LISTING_MAX_AGE,
             "description": "Seconds a queue listing stays good for further requests: "
             "concurrent ETRN share one listing run in flight, and one that began at most "
-            "this long ago is reused (0: share only the run in flight). Not used for "
-            "targets the queue index answers.",
+            "this long before a request arrived answers it too (0: share only the run in "
+            "flight). Not used for targets the queue index answers.",
         },
     }
     properties.update(extra)
@@ -244,9 +247,13 @@ class MtaBackend(ABC):
         )
         # Set by use_index(): nodes and @nodes are then selected from it.
         self.index: QueueIndex | None = None
+        self._index_marks: QueueIndex | None = None
 
     def use_index(self, index: QueueIndex) -> None:
         self.index = index
+        # Marks go through a connection of their own that waits only briefly for the
+        # write lock: a reconciliation holding it must not stall the event loop.
+        self._index_marks = QueueIndex(index.path, busy_timeout_ms=MARK_BUSY_TIMEOUT_MS)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Self:
@@ -371,18 +378,18 @@ class MtaBackend(ABC):
             # Nothing waiting: no flush at all (251).
             return FlushResult(started=True, pending=0, selected_from=source)
         result = await self.flush_selected(target, selection.queue_ids)
-        if result.started and self.index is not None:
-            self._forget_flushed(selection.queue_ids)
+        if result.started and self._index_marks is not None:
+            self._forget_flushed(self._index_marks, selection.queue_ids)
         return replace(result, shared=selection.shared, selected_from=source)
 
-    def _forget_flushed(self, queue_ids: tuple[str, ...]) -> None:
+    @staticmethod
+    def _forget_flushed(marks: QueueIndex, queue_ids: tuple[str, ...]) -> None:
         """Flushed ids are not counted again; one deferred again returns with the next
         reconciliation. A failure here costs only that: the flush has started."""
-        assert self.index is not None
         try:
-            self.index.mark_flushed(queue_ids)
+            marks.mark_flushed(queue_ids)
         except sqlite3.Error as exc:
-            log.warning("queue index %s: flushed ids not marked (%s)", self.index.path, exc)
+            log.warning("queue index %s: flushed ids not marked (%s)", marks.path, exc)
 
     async def run_each(
         self, argvs: Iterable[Sequence[str]], timeout: float | None = None
