@@ -203,10 +203,10 @@ class Malformed:
     count: int = 0
     first: str | None = None  # "file:line"
 
-    def add(self, path: Path, number: int) -> None:
+    def add(self, block: Block, line: bytes) -> None:
         self.count += 1
         if self.first is None:
-            self.first = f"{path}:{number}"
+            self.first = f"{block.path}:{block.line_number(line)}"
 
 
 @dataclass(slots=True)
@@ -254,7 +254,9 @@ class Block:
     lines: int
 
     def line_number(self, line: bytes) -> int:
-        return self.first_line + self.data.count(b"\n", 0, max(0, self.data.find(line)))
+        """The number of the first whole line equal to ``line`` (not a part of another)."""
+        at = (b"\n" + self.data).find(b"\n" + line + b"\n")
+        return self.first_line + self.data.count(b"\n", 0, max(0, at))
 
 
 def read_blocks(files: Iterable[Path], unreadable: list[str]) -> Iterator[Block]:
@@ -563,6 +565,6 @@ def _slow_path(block: Block, line: bytes, matcher: _Matcher, tally: _Tally) -> N
     except (ValueError, RecursionError):  # not JSON or UTF-8; too deep; a number too long
         record = None
     if record is None:
-        tally.summary.malformed.add(block.path, block.line_number(line))
+        tally.summary.malformed.add(block, line)
     elif record["event"] in SUMMARISED_EVENTS and matcher.matches(record):
         tally.add_record(record)

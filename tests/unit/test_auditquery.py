@@ -367,3 +367,11 @@ def test_raw_line_prefilter_changes_nothing_but_speed(
     assert {k: r.values() for k, r in filtered.rows.items()} == {
         k: r.values() for k, r in unfiltered.rows.items()
     }
+
+
+def test_the_first_malformed_line_is_named_by_its_own_number(tmp_path: Path) -> None:
+    # The malformed line also occurs inside the record before it.
+    path = write(tmp_path / "audit.jsonl", [etrn(), b'"acme.example"', b"null"])
+    summary = auditquery.summarise([path], Query())
+    assert summary.malformed.count == 2
+    assert summary.malformed.first == f"{path}:2"
