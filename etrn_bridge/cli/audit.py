@@ -44,9 +44,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--config", help="the YAML configuration file (its audit.file)")
-    source.add_argument("--file", type=Path, help="the audit file (rotated siblings included)")
-    parser.add_argument("--since", help="from this time on: ISO 8601 (UTC if no zone) or 24h, 7d")
-    parser.add_argument("--until", help="before this time: ISO 8601 or 30m, 24h, 7d")
+    source.add_argument(
+        "--file", type=Path, metavar="AUDIT", help="the audit file (rotated siblings included)"
+    )
+    parser.add_argument(
+        "--since", metavar="TIME", help="from this time on: ISO 8601 (UTC if no zone) or 24h, 7d"
+    )
+    parser.add_argument("--until", metavar="TIME", help="before this time: ISO 8601 or 30m, 7d")
     parser.add_argument(
         "--client", action="append", default=[], metavar="IP|CIDR", help="client address"
     )
@@ -58,10 +62,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="append",
         default=[],
         choices=[status.value for status in Status],
-        help="how the request ended",
+        metavar="STATUS",
+        help=f"how the request ended: {', '.join(status.value for status in Status)}",
     )
     parser.add_argument(
-        "--rule", action="append", default=[], help="id of the deciding entry ('-': none)"
+        "--rule",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="id of the deciding entry ('-': none)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON lines, one per row")
     parser.set_defaults(run=run)
