@@ -40,8 +40,10 @@ def escape_client_text(text: str | None) -> str | None:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def timestamp(moment: datetime | None = None) -> str:
+    """``moment`` (default: now) as records carry it: UTC, milliseconds, fixed width."""
+    utc = (moment or datetime.now(UTC)).astimezone(UTC)
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def request_record(
@@ -81,6 +83,7 @@ def request_record(
         "pending": flush.pending if flush else None,
         "shared_messages": flush.shared if flush and flush.shared else None,
         "queue_ids": list(flush.queue_ids) if flush and flush.queue_ids else None,
+        "selected_from": flush.selected_from if flush else None,
         "detail": flush.detail if flush and flush.detail else None,
         "duration_ms": round(outcome.duration * 1000, 3),
         "client_gone": client_gone,

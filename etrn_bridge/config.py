@@ -20,9 +20,11 @@ import yaml
 from etrn_bridge import defaults
 from etrn_bridge.admission import ConnectionSettings
 from etrn_bridge.backends.base import BackendOptionError, create_backend
+from etrn_bridge.metrics.settings import MetricsSettings
 from etrn_bridge.policy.compile import PolicyProblem, compile_policy
 from etrn_bridge.policy.limits import LimitSettings, parse_limits
 from etrn_bridge.policy.model import Policy
+from etrn_bridge.queueindex.settings import IndexSettings, parse_index
 from etrn_bridge.schema import config_schema
 from etrn_bridge.yamlmarks import KeyPath, Mark, MarkedDocument, format_path, load_marked
 
@@ -97,6 +99,8 @@ class Config:
     user: str | None = None  # drop to this user after binding the ports
     workers: int = 1  # serving processes forked by `serve`
     event_loop: str = "asyncio"  # or "uvloop" (optional extra)
+    metrics: MetricsSettings | None = None  # None: no metrics endpoint
+    index: IndexSettings | None = None  # the queue index; None: list the queue
 
 
 def load_config(path: str | Path) -> Config:
@@ -250,11 +254,20 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         user=data.get("user"),
         workers=data.get("workers", 1),
         event_loop=data.get("event_loop", "asyncio"),
+        metrics=_metrics(data.get("metrics")),
+        index=parse_index(data.get("index"), base_dir),
     )
 
 
 def _path(base_dir: Path, value: str | None) -> Path | None:
     return None if value is None else base_dir / value
+
+
+def _metrics(section: dict[str, Any] | None) -> MetricsSettings | None:
+    if section is None:
+        return None
+    address = _listen_address(section["listen"])
+    return MetricsSettings(address.host, address.port)
 
 
 def _listen_address(text: str) -> ListenAddress:

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from etrn_bridge.target import Target
+
+# When the request being handled arrived (time.monotonic()), set by the service: a
+# backend judges how fresh its data must be from this, not from when a flush slot
+# became free (a queue listing that began after the request arrived is fresh enough).
+REQUEST_ARRIVED: ContextVar[float | None] = ContextVar("request_arrived", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,8 @@ class FlushResult:
     # Set when the flush goes on after the reply (Exim's -R runs deliveries in the
     # foreground): the service awaits it in the background and audits its end.
     completion: asyncio.Future[FlushResult] | None = field(default=None, compare=False)
+    # Where the selection came from: "index", "listing" or "shared_listing" (audited).
+    selected_from: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,9 @@ from typing import Any
 from etrn_bridge import defaults
 from etrn_bridge.admission import CONNECTIONS_SCHEMA
 from etrn_bridge.backends.base import registered_backends
+from etrn_bridge.metrics.settings import metrics_schema
 from etrn_bridge.policy.schema import LIMITS_SCHEMA, POLICY_SCHEMA
+from etrn_bridge.queueindex.settings import INDEX_SCHEMA
 
 SCHEMA_ID = "https://etrn-bridge.invalid/schema/config.json"
 
@@ -178,6 +180,8 @@ def config_schema() -> dict[str, Any]:
             },
             "connections": CONNECTIONS_SCHEMA,
             "limits": LIMITS_SCHEMA,
+            "index": INDEX_SCHEMA,
             "policy": POLICY_SCHEMA,
+            "metrics": metrics_schema(_LISTEN_PATTERN),
         },
     }

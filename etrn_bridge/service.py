@@ -23,13 +23,22 @@ from typing import Any
 
 from etrn_bridge.audit import AuditLog, flush_record, timestamp
 from etrn_bridge.backends.base import Backend, create_backend, flush_timeout
+from etrn_bridge.backends.reconcile import with_index
 from etrn_bridge.config import Config, ConfigError, load_config
+from etrn_bridge.observer import NullObserver, Observer
 from etrn_bridge.policy.coalesce import FlushCoalescer
 from etrn_bridge.policy.index import client_address
 from etrn_bridge.policy.limits import LimitSettings, SlidingWindow
 from etrn_bridge.policy.model import Policy
 from etrn_bridge.policy.rdns import ForwardConfirmedRdns, Resolver
-from etrn_bridge.request import Decision, FlushResult, Outcome, Request, Status
+from etrn_bridge.request import (
+    REQUEST_ARRIVED,
+    Decision,
+    FlushResult,
+    Outcome,
+    Request,
+    Status,
+)
 from etrn_bridge.target import MissingArgument, Target, TargetError, parse_target
 
 log = logging.getLogger("etrn_bridge")
@@ -65,11 +74,14 @@ class Service:
         audit: AuditLog,
         limits: LimitSettings | None = None,
         rdns: ForwardConfirmedRdns | None = None,
+        *,
+        observer: Observer | None = None,
     ) -> None:
         settings = limits or LimitSettings()
         self._state = PolicyState(policy, settings, backend)
         self.audit = audit
         self.rdns = rdns or ForwardConfirmedRdns()
+        self.observer: Observer = observer or NullObserver()
         self._client_rates = SlidingWindow()
         self._coalescer = FlushCoalescer(settings.max_concurrent_flushes)
         # Requests being worked on; records of those whose caller left; flushes
@@ -82,14 +94,20 @@ class Service:
 
     @classmethod
     def from_config(
-        cls, config: Config, audit: AuditLog, *, resolver: Resolver | None = None
+        cls,
+        config: Config,
+        audit: AuditLog,
+        *,
+        resolver: Resolver | None = None,
+        observer: Observer | None = None,
     ) -> Service:
         return cls(
             config.policy,
-            create_backend(config.backend),
+            with_index(create_backend(config.backend), config.index),
             audit,
             config.limits,
             ForwardConfirmedRdns(resolver),
+            observer=observer,
         )
 
     @property
@@ -133,6 +151,7 @@ class Service:
 
     async def _outcome(self, state: PolicyState, request: Request) -> Outcome:
         started = time.monotonic()
+        REQUEST_ARRIVED.set(started)
         parsed = _parse(request)
         if isinstance(parsed, Outcome):
             outcome = parsed
@@ -172,6 +191,7 @@ class Service:
             reply[:3],
             " cut" if cut else " client_gone" if client_gone else "",
         )
+        self.observer.request_handled(request, outcome, reply[:3])
         flush, target, backend = outcome.flush, outcome.target, outcome.backend
         if flush is not None and flush.completion is not None and target and backend:
             self._follow_completion(request.session_id, target, backend, flush.completion)
@@ -208,7 +228,10 @@ class Service:
             return Outcome(Status.RATE_LIMITED, target, decision, reason=reason, extra=extra)
         backend = state.backend
         self._coalescer.resize(state.limits.max_concurrent_flushes)
-        ran = await self._coalescer.run(target, per_target, lambda: _flush(backend, target))
+        observer = self.observer
+        ran = await self._coalescer.run(
+            target, per_target, lambda: _flush(backend, target, observer)
+        )
         return Outcome(
             _status_of(ran.result),
             target,
@@ -221,7 +244,8 @@ class Service:
 
     def reload(self, config: Config) -> None:
         """Put a validated config's policy, limits and backend in force."""
-        self._state = PolicyState(config.policy, config.limits, create_backend(config.backend))
+        backend = with_index(create_backend(config.backend), config.index)
+        self._state = PolicyState(config.policy, config.limits, backend)
         self.audit.write(
             {
                 "ts": timestamp(),
@@ -231,6 +255,7 @@ class Service:
                 **config.policy.summary(),
             }
         )
+        self.observer.reloaded(ok=True)
         log.info("reload: %s is in force", config.path)
 
     def reload_from(self, path: str | Path) -> bool:
@@ -257,6 +282,7 @@ class Service:
                 "errors": messages,
             }
         )
+        self.observer.reloaded(ok=False)
 
     def _follow_completion(
         self,
@@ -304,12 +330,15 @@ class Service:
             await asyncio.sleep(0)
 
 
-async def _flush(backend: Backend, target: Target) -> FlushResult:
+async def _flush(backend: Backend, target: Target, observer: Observer) -> FlushResult:
+    started = time.monotonic()
     try:
-        return await backend.flush(target)
+        result = await backend.flush(target)
     except Exception as exc:  # a backend bug must cost one 458, not the server
         log.exception("backend %s failed on %s", backend.name, target)
-        return FlushResult(started=False, detail=f"internal error: {exc!r}")
+        result = FlushResult(started=False, detail=f"internal error: {exc!r}")
+    observer.backend_ran(backend.name, result, time.monotonic() - started)
+    return result
 
 
 def _parse(request: Request) -> Target | Outcome:

@@ -20,8 +20,10 @@ import socket
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from etrn_bridge.audit import AuditLog
+from etrn_bridge.backends.reconcile import start_reconciler
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config, ListenAddress
 from etrn_bridge.frontends.listener import Listener
@@ -29,6 +31,9 @@ from etrn_bridge.frontends.passwords import PasswordFileError
 from etrn_bridge.frontends.sockets import bind_listeners, bound_name
 from etrn_bridge.service import Service
 from etrn_bridge.systemd import Notifier, listen_fds, status_line
+
+if TYPE_CHECKING:
+    from etrn_bridge.metrics.prometheus import PrometheusObserver
 
 # Seconds an ETRN in progress may take to answer after SIGTERM before its session is
 # cut. Its flush goes on after that, up to the backend's timeout, and is audited; a
@@ -92,6 +97,7 @@ class Runtime:
     socket_sets: list[list[socket.socket]]  # the listening sockets of each worker
     loop_factory: LoopFactory | None  # None: asyncio's own loop
     notifier: Notifier  # systemd's notify socket (does nothing outside systemd)
+    metrics: PrometheusObserver | None = None  # its endpoint starts in each worker
 
 
 def prepare(config: Config) -> Runtime:
@@ -99,9 +105,12 @@ def prepare(config: Config) -> Runtime:
     loop_factory = event_loop_factory(config.event_loop)
     notifier = Notifier.from_environment()
     audit = AuditLog(config.audit.file, config.audit.syslog, config.audit.syslog_address)
+    metrics = metrics_observer(config)
     try:
-        service = Service.from_config(config, audit)
+        service = Service.from_config(config, audit, observer=metrics)
         listener = Listener.from_config(config, service)
+        if metrics is not None:
+            metrics.count_sessions(lambda: len(listener.sessions))
         socket_sets = bind_worker_sockets(config)
     except BaseException:
         audit.close()
@@ -110,7 +119,16 @@ def prepare(config: Config) -> Runtime:
         drop_privileges(config.user)
     elif os.geteuid() == 0:
         log.warning("running as root: set 'user:' in the config to drop privileges")
-    return Runtime(config, audit, service, listener, socket_sets, loop_factory, notifier)
+    return Runtime(config, audit, service, listener, socket_sets, loop_factory, notifier, metrics)
+
+
+def metrics_observer(config: Config) -> PrometheusObserver | None:
+    if config.metrics is None:
+        return None
+    # Imported only when configured: nothing else loads the metrics library.
+    from etrn_bridge.metrics.prometheus import PrometheusObserver  # noqa: PLC0415
+
+    return PrometheusObserver()
 
 
 def bind_worker_sockets(config: Config) -> list[list[socket.socket]]:
@@ -189,6 +207,13 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         # the worker by default action) before the handlers above exist.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED_SIGNALS)
         await runtime.listener.serve(sockets)
+        if not start_metrics(runtime, sockets):
+            return EXIT_FAILURE
+        reconciling = start_reconciler(
+            runtime.config.index,
+            lambda: runtime.service.backend,
+            runtime.service.observer.index_reported,
+        )
         log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
         addresses = " ".join(bound_name(sock) for sock in sockets)
         log.info(READY_MESSAGE, addresses)
@@ -198,6 +223,8 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         runtime.notifier.stopping()
         if reporter:
             reporter.cancel()
+        if reconciling is not None:
+            reconciling.cancel()
         log.info("stopping: closing sessions, waiting for flushes still running")
         await runtime.listener.stop(SHUTDOWN_GRACE, cut_now)
         await runtime.service.drain(cut_now=cut_now)
@@ -205,6 +232,18 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         runtime.audit.close()
     log.info("stopped")
     return EXIT_OK
+
+
+def start_metrics(runtime: Runtime, sockets: list[socket.socket]) -> bool:
+    """Serve the metrics endpoint of this worker (if configured) until the process ends."""
+    if runtime.metrics is None or runtime.config.metrics is None:
+        return True
+    try:
+        runtime.metrics.serve(runtime.config.metrics, runtime.socket_sets.index(sockets))
+    except OSError as exc:
+        log.error("cannot start: metrics endpoint: %s", exc)
+        return False
+    return True
 
 
 def install_signal_handlers(runtime: Runtime) -> tuple[asyncio.Event, asyncio.Event]:

@@ -10,6 +10,7 @@ hold (postsuper -h).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,12 @@ import pytest
 from etrn_bridge.backends.auto import AutoBackend
 from etrn_bridge.backends.base import BackendOptionError, backend_factory, create_backend
 from etrn_bridge.backends.exim import EximBackend, parse_exim_bp
-from etrn_bridge.backends.mta import QueuedMessage, recipient_domain, select_messages
+from etrn_bridge.backends.mta import (
+    QueuedMessage,
+    QueueListing,
+    recipient_domain,
+    select_messages,
+)
 from etrn_bridge.backends.postfix import PostfixBackend, parse_postqueue_json
 from etrn_bridge.backends.sendmail import SendmailBackend, parse_sendmail_bp
 from etrn_bridge.target import MissingArgument, TargetError, parse_target
@@ -46,10 +52,14 @@ def test_selection_counts_messages_also_addressed_elsewhere() -> None:
 
 def test_postqueue_json() -> None:
     messages = parse_postqueue_json(read("postqueue-j.jsonl"))
-    # 7 queue files, one on hold: a flush would not release it, so not listed.
-    assert len(messages) == 6
-    assert all(m.queue == "deferred" for m in messages)
-    assert "user@mycustomer.test" not in {r for m in messages for r in m.recipients}
+    # 7 queue files, one on hold: listed as held, and no selection takes it.
+    assert len(messages) == 7
+    held = [m for m in messages if m.held]
+    assert [(m.queue, m.recipients) for m in held] == [("hold", ("user@mycustomer.test",))]
+    assert all(m.queue == "deferred" and m.size > 0 for m in messages if not m.held)
+    assert select_messages(messages, lambda domain: True).queue_ids == tuple(
+        m.queue_id for m in messages if not m.held
+    )
     assert ("user@Customer.Test", "other@noflush.test") in [m.recipients for m in messages]
 
 
@@ -61,12 +71,20 @@ def test_exim_bp() -> None:
     by_id = {m.queue_id: m.recipients for m in messages}
     assert "1xXKdU-0002DW-2x" not in by_id
     assert by_id["1xXKdV-0002EZ-2j"] == ("user@Customer.Test",)  # "D other@..." delivered
+    assert all(m.size > 300 for m in messages)  # "402" bytes; "1.2K" would be 1228
+
+
+def test_exim_bp_rounded_sizes() -> None:
+    listing = b" 5m   12K 1xXKdU-0002DS-1d <s@client.test>\n          u@customer.test\n\n"
+    listing += b" 5m  1.5M 1xXKdU-0002DS-1e <s@client.test>\n          u@customer.test\n"
+    assert [m.size for m in parse_exim_bp(listing)] == [12 * 1024, int(1.5 * 1024 * 1024)]
 
 
 def test_sendmail_bp() -> None:
     messages = parse_sendmail_bp(read("sendmail-bp.txt"))
     assert len(messages) == 7
     assert all(len(m.queue_id) == 14 for m in messages)
+    assert all(m.size > 0 for m in messages)
     assert ("user@Customer.Test", "other@noflush.test") in [m.recipients for m in messages]
 
 
@@ -191,3 +209,24 @@ async def test_postfix_queue_without_mapping_is_unsupported() -> None:
     backend = PostfixBackend.from_options({"postqueue": "/nonexistent/postqueue"})
     result = await backend.flush(parse_target("#customers"))
     assert not result.started and result.unsupported
+
+
+@pytest.mark.parametrize("target", ["customer.test", "@customer.test", "noflush.test", "@test"])
+@pytest.mark.parametrize(
+    ("fixture", "parse"),
+    [
+        ("postqueue-j.jsonl", parse_postqueue_json),
+        ("exim-bp.txt", parse_exim_bp),
+        ("sendmail-bp.txt", parse_sendmail_bp),
+    ],
+)
+def test_shared_listing_selects_as_a_scan_of_every_message(
+    fixture: str, parse: Callable[[bytes], list[QueuedMessage]], target: str
+) -> None:
+    messages = parse(read(fixture))
+    covers = parse_target(target).covers_domain
+    listing = QueueListing(messages)
+    first, again = listing.select(covers), listing.select(covers)  # the map is built once
+    scanned = select_messages(messages, covers)
+    assert sorted(first.queue_ids) == sorted(scanned.queue_ids) and first.queue_ids
+    assert first.shared == scanned.shared and again == first
