@@ -23,6 +23,7 @@ from etrn_bridge.policy.compile import PolicyProblem, compile_policy
 from etrn_bridge.policy.limits import LimitSettings, parse_limits
 from etrn_bridge.policy.model import Policy
 from etrn_bridge.schema import config_schema
+from etrn_bridge.sharedstate.settings import ClusterSettings, parse_cluster
 from etrn_bridge.yamlmarks import KeyPath, Mark, MarkedDocument, format_path, load_marked
 
 
@@ -95,6 +96,7 @@ class Config:
     user: str | None = None  # drop to this user after binding the ports
     workers: int = 1  # serving processes forked by `serve`
     event_loop: str = "asyncio"  # or "uvloop" (optional extra)
+    cluster: ClusterSettings | None = None  # several MX hosts sharing state through Redis
 
 
 def load_config(path: str | Path) -> Config:
@@ -154,6 +156,7 @@ def _unknown(known: set[str]) -> str:
 class _CheckedSections:
     policy: Policy
     limits: LimitSettings
+    cluster: ClusterSettings | None
 
 
 def _check_sections(
@@ -190,7 +193,10 @@ def _check_sections(
     if data.get("auth") is not None and data.get("tls") is None:
         problem(("auth",), "AUTH is offered only after STARTTLS: configure tls too")
     _check_matchers_can_match(data, problem)
-    return _CheckedSections(policy, limits)
+    cluster = parse_cluster(
+        data.get("cluster"), lambda key, message: problem(("cluster", *key), message)
+    )
+    return _CheckedSections(policy, limits, cluster)
 
 
 def _check_matchers_can_match(
@@ -247,6 +253,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         user=data.get("user"),
         workers=data.get("workers", 1),
         event_loop=data.get("event_loop", "asyncio"),
+        cluster=sections.cluster,
     )
 
 

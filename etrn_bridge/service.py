@@ -15,19 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from etrn_bridge.audit import AuditLog, flush_record, timestamp
 from etrn_bridge.backends.base import Backend, create_backend
 from etrn_bridge.config import Config, ConfigError, load_config
-from etrn_bridge.policy.coalesce import FlushCoalescer
 from etrn_bridge.policy.index import client_address
-from etrn_bridge.policy.limits import LimitSettings, SlidingWindow
+from etrn_bridge.policy.limits import LimitSettings
 from etrn_bridge.policy.model import Policy
 from etrn_bridge.policy.rdns import ForwardConfirmedRdns, Resolver
 from etrn_bridge.request import Decision, FlushResult, Outcome, Request, Status
+from etrn_bridge.sharedstate import create_shared_state
+from etrn_bridge.sharedstate.base import SharedState, SharedStateUnavailable
+from etrn_bridge.sharedstate.local import LocalState
 from etrn_bridge.target import MissingArgument, Target, TargetError, parse_target
 
 log = logging.getLogger("etrn_bridge")
@@ -63,13 +65,15 @@ class Service:
         audit: AuditLog,
         limits: LimitSettings | None = None,
         rdns: ForwardConfirmedRdns | None = None,
+        *,
+        shared: SharedState | None = None,
     ) -> None:
         settings = limits or LimitSettings()
         self._state = PolicyState(policy, settings, backend)
         self.audit = audit
         self.rdns = rdns or ForwardConfirmedRdns()
-        self._client_rates = SlidingWindow()
-        self._coalescer = FlushCoalescer(settings.max_concurrent_flushes)
+        # Per-client limits, coalescing and flush slots: this process's, or a cluster's.
+        self.shared = shared or LocalState(settings.max_concurrent_flushes)
         # Flushes that go on after the reply (Exim), awaited so their end is audited.
         self._completions: set[asyncio.Task[None]] = set()
 
@@ -83,6 +87,7 @@ class Service:
             audit,
             config.limits,
             ForwardConfirmedRdns(resolver),
+            shared=create_shared_state(config.cluster, config.limits.max_concurrent_flushes),
         )
 
     @property
@@ -154,12 +159,22 @@ class Service:
             if entry
             else (state.limits.per_target, state.limits.per_client)
         )
-        if per_client is not None and not self._client_rates.admit(client, per_client):
-            reason = f"more than {per_client} per client"
-            return Outcome(Status.RATE_LIMITED, target, decision, reason=reason, extra=extra)
         backend = state.backend
-        self._coalescer.resize(state.limits.max_concurrent_flushes)
-        ran = await self._coalescer.run(target, per_target, lambda: _flush(backend, target))
+        try:
+            if per_client is not None and not await self.shared.admit(client, per_client):
+                reason = f"more than {per_client} per client"
+                return Outcome(Status.RATE_LIMITED, target, decision, reason=reason, extra=extra)
+            ran = await self.shared.run(
+                target,
+                per_target,
+                state.limits.max_concurrent_flushes,
+                lambda: _flush(backend, target),
+                request.session_id,
+            )
+        except SharedStateUnavailable as exc:
+            extra.update(exc.audit)
+            return Outcome(Status.FAILED, target, decision, reason=str(exc), extra=extra)
+        extra.update(ran.audit)
         return Outcome(
             _status_of(ran.result),
             target,
@@ -169,6 +184,21 @@ class Service:
             coalesced=ran.coalesced,
             extra=extra,
         )
+
+    async def start(self) -> None:
+        """Begin answering other nodes' flush requests (a cluster); in the serving loop."""
+        await self.shared.start(self.flush_for_peer)
+
+    async def flush_for_peer(self, target: Target, context: Mapping[str, object]) -> FlushResult:
+        """Flush ``target`` here because another node (or this one) fanned out an
+        ETRN it allowed; audited as ``cluster_flush`` with ``context`` (origin)."""
+        backend = self._state.backend
+        result = await _flush(backend, target)
+        self.audit.write(flush_record("cluster_flush", target, backend.name, result, **context))
+        session = str(context.get("origin_session", "-"))
+        if result.completion is not None:
+            self._follow_completion(session, target, backend.name, result.completion)
+        return result
 
     def reload(self, config: Config) -> None:
         """Put a validated config's policy, limits and backend in force."""
@@ -231,6 +261,7 @@ class Service:
 
     async def drain(self) -> None:
         """Wait for flushes still running after their reply (graceful stop)."""
+        await self.shared.close()  # stops taking other nodes' requests, ends those taken
         if self._completions:
             await asyncio.gather(*self._completions, return_exceptions=True)
 

@@ -162,6 +162,7 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         # A supervising parent forks with these blocked, so none is lost (or kills
         # the worker by default action) before the handlers above exist.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED_SIGNALS)
+        await runtime.service.start()
         await runtime.listener.serve(sockets)
         log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
         log.info(READY_MESSAGE, " ".join(bound_name(sock) for sock in sockets))
