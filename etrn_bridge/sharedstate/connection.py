@@ -25,6 +25,13 @@ class RedisMissing(OSError):
     """redis-py is not installed."""
 
 
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """What a Redis command raises when Redis cannot be reached or answers an error."""
+    from redis.exceptions import RedisError  # noqa: PLC0415 (optional extra)
+
+    return (RedisError, OSError)
+
+
 def connect(url: str) -> Redis:
     """A client; it connects on first use and reconnects by itself after a failure."""
     try:

@@ -38,7 +38,7 @@ from etrn_bridge.policy.coalesce import CoalescedResult, FlushCoalescer
 from etrn_bridge.policy.limits import DEFAULT_MAX_CONCURRENT_FLUSHES, Rate
 from etrn_bridge.request import FlushResult
 from etrn_bridge.sharedstate.base import FlushCall, PeerFlush, SharedStateUnavailable
-from etrn_bridge.sharedstate.connection import BLOCK_SLICE, connect
+from etrn_bridge.sharedstate.connection import BLOCK_SLICE, connect, redis_errors
 from etrn_bridge.sharedstate.fanout import (
     BadMessage,
     FlushRequest,
@@ -132,12 +132,6 @@ LEASE_MARGIN = 5.0
 RESUBSCRIBE_DELAY = 0.5
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError  # noqa: PLC0415 (optional extra)
-
-    return (RedisError, OSError)
-
-
 class RedisState:
     def __init__(
         self, settings: ClusterSettings, max_concurrent: int = DEFAULT_MAX_CONCURRENT_FLUSHES
@@ -152,7 +146,7 @@ class RedisState:
         self._loops: list[asyncio.Task[None]] = []
         self._flush_for_peer: PeerFlush | None = None
         self._reachable = True
-        self._errors = _redis_errors()
+        self._errors = redis_errors()
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
