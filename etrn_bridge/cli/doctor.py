@@ -19,7 +19,7 @@ from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config
 from etrn_bridge.sharedstate.connection import connect, redis_errors
 from etrn_bridge.sharedstate.nodes import nodes_seen
-from etrn_bridge.sharedstate.settings import ClusterSettings
+from etrn_bridge.sharedstate.settings import ClusterSettings, redacted
 
 MARKS = {Level.OK: "ok    ", Level.FIX: "FIX   ", Level.ADVICE: "advice"}
 # Audit timestamps of different nodes disagree by the skew; limits use Redis's clock.
@@ -87,7 +87,7 @@ async def diagnose_cluster(cluster: ClusterSettings) -> list[Finding]:
     try:
         seen = await nodes_seen(client)
     except redis_errors() as exc:
-        return [Finding(Level.FIX, f"cluster: cannot reach Redis at {cluster.redis}: {exc}")]
+        return [Finding(Level.FIX, f"cluster: cannot reach Redis at {redacted(cluster.redis)}: {exc}")]
     finally:
         await client.aclose()
     findings = [Finding(Level.OK, f"cluster: Redis reachable, {len(seen)} node(s) seen")]

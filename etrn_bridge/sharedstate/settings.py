@@ -56,6 +56,16 @@ class ClusterSettings:
     on_redis_failure: str = ON_FAILURE_LOCAL
 
 
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()
+
+
 def default_node() -> str:
     """This host's short name, made key-safe."""
     name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0])
@@ -135,8 +145,10 @@ def parse_cluster(
         except ValueError as exc:
             problem(("redis",), str(exc))
     fanout = section.get("fanout_timeout", DEFAULT_FANOUT_TIMEOUT)
+    if not isinstance(fanout, str) or not re.match(DURATION_PATTERN, fanout):
+        fanout = DEFAULT_FANOUT_TIMEOUT  # the schema reported the shape
     try:
-        timeout = parse_duration(fanout if isinstance(fanout, str) else DEFAULT_FANOUT_TIMEOUT)
+        timeout = parse_duration(fanout)
     except ValueError as exc:
         problem(("fanout_timeout",), str(exc))
         timeout = parse_duration(DEFAULT_FANOUT_TIMEOUT)
