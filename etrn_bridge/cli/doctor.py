@@ -87,7 +87,9 @@ async def diagnose_cluster(cluster: ClusterSettings) -> list[Finding]:
     try:
         seen = await nodes_seen(client)
     except redis_errors() as exc:
-        return [Finding(Level.FIX, f"cluster: cannot reach Redis at {redacted(cluster.redis)}: {exc}")]
+        return [
+            Finding(Level.FIX, f"cluster: cannot reach Redis at {redacted(cluster.redis)}: {exc}")
+        ]
     finally:
         await client.aclose()
     findings = [Finding(Level.OK, f"cluster: Redis reachable, {len(seen)} node(s) seen")]

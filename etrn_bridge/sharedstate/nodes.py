@@ -35,9 +35,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[5]))
 return now
 """
 )
-LIVE_SCRIPT = NOW_MS + (
-    "return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')"
-)
 
 
 def heartbeat_key(node: str) -> str:
@@ -54,11 +51,6 @@ async def beat(client: Redis, node: str, pid: int) -> None:
     await client.eval(
         HEARTBEAT_SCRIPT, 2, heartbeat_key(node), NODES_KEY, node, now_ms, ttl_ms, pid, SEEN_FOR_MS
     )
-
-
-async def live_nodes(client: Redis) -> list[str]:
-    names = await client.eval(LIVE_SCRIPT, 1, NODES_KEY, int(HEARTBEAT_TTL * 1000))
-    return sorted(name.decode("utf-8", "replace") for name in names)
 
 
 @dataclass(frozen=True, slots=True)

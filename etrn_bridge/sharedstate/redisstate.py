@@ -49,11 +49,12 @@ from etrn_bridge.sharedstate.fanout import (
 from etrn_bridge.sharedstate.local import LocalState
 from etrn_bridge.sharedstate.nodes import (
     HEARTBEAT_INTERVAL,
+    HEARTBEAT_TTL,
     KEY_PREFIX,
+    NODES_KEY,
     NOW_MS,
     beat,
     flush_channel,
-    live_nodes,
 )
 from etrn_bridge.sharedstate.settings import ON_FAILURE_TEMPFAIL, ClusterSettings
 from etrn_bridge.target import Target, TargetError, parse_target
@@ -75,30 +76,70 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 )
-# KEYS run, recent, last. A flush running -> {running, its id}; the cool-down
-# full and a last result -> {recent, result}; else take the lease -> {lead}.
+# Take a flush slot (max_concurrent_flushes over the cluster; a lease that
+# expires, so a node that dies holding one does not keep it) and, with it,
+# publish the flush request to every live node and this one. Returns
+# {node, receivers, node, receivers, ...}, or false when no slot is free.
+# KEYS slots, nodes; ARGV holder, max slots, slot lease ms, heartbeat ttl ms,
+# request, channel prefix, this node.
+LAUNCH = """
+local function launch(slots, nodes_key, a)
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  if redis.call('ZCARD', slots) >= tonumber(a[2]) then return false end
+  redis.call('ZADD', slots, now + tonumber(a[3]), a[1])
+  local nodes = redis.call('ZRANGEBYSCORE', nodes_key, now - tonumber(a[4]), '+inf')
+  local listed = false
+  for _, node in ipairs(nodes) do if node == a[7] then listed = true end end
+  if not listed then table.insert(nodes, a[7]) end
+  local out = {}
+  for _, node in ipairs(nodes) do
+    table.insert(out, node)
+    table.insert(out, redis.call('PUBLISH', a[6] .. node, a[5]))
+  end
+  return out
+end
+"""
+LAUNCH_SCRIPT = (
+    NOW_MS
+    + LAUNCH
+    + """
+local out = launch(KEYS[1], KEYS[2], ARGV)
+if out then return out end
+return 0
+"""
+)
+# KEYS run, recent, last, slots, nodes; ARGV the seven of LAUNCH, then the
+# lease ms, cool-down count and window ms. A flush running -> {running, its
+# id}; the cool-down full and a last result -> {recent, result}; else take the
+# lease and launch -> {lead, node, receivers, ...} or {queued} (no slot yet).
 BEGIN_SCRIPT = (
     NOW_MS
+    + LAUNCH
     + """
 local running = redis.call('GET', KEYS[1])
 if running then return {'running', running} end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]))
-  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+if tonumber(ARGV[9]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[10]))
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[9]) then
     local last = redis.call('GET', KEYS[3])
     if last then return {'recent', last} end
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {'lead', ARGV[1]}
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[8])
+local out = launch(KEYS[4], KEYS[5], ARGV)
+if not out then return {'queued'} end
+table.insert(out, 1, 'lead')
+return out
 """
 )
-# KEYS run, recent, last, done. Publish the result for the waiters, drop the
-# lease, and when the flush started open the cool-down (as the local coalescer).
+# KEYS run, recent, last, done, slots. Publish the result for the waiters, give
+# back the slot and the lease, and when the flush started open the cool-down
+# (as the local coalescer does).
 FINISH_SCRIPT = (
     NOW_MS
     + """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[6])
 if ARGV[3] == '1' and tonumber(ARGV[4]) > 0 then
   redis.call('ZADD', KEYS[2], now, ARGV[1])
@@ -106,17 +147,6 @@ if ARGV[3] == '1' and tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
 end
-return 1
-"""
-)
-# A flush slot (max_concurrent_flushes over the cluster): a lease that expires,
-# so a node that dies holding one does not keep it.
-SLOT_SCRIPT = (
-    NOW_MS
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 )
@@ -161,7 +191,7 @@ class RedisState:
                     ("admit", ADMIT_SCRIPT),
                     ("begin", BEGIN_SCRIPT),
                     ("finish", FINISH_SCRIPT),
-                    ("slot", SLOT_SCRIPT),
+                    ("launch", LAUNCH_SCRIPT),
                 )
             }
         return self._client
@@ -245,38 +275,48 @@ class RedisState:
     async def _coordinate(
         self, target: Target, cooldown: Rate | None, max_concurrent: int, session: str
     ) -> CoalescedResult:
-        keys = _target_keys(target)
         timeout = self.settings.fanout_timeout
         for _ in range(2):  # a second look when the node leading it vanished
             flush_id = f"{self.node}.{uuid.uuid4().hex[:16]}"
-            verdict, value = await self._script("begin")(
-                keys=keys,
+            launch = self._launch_args(flush_id, target, max_concurrent, session)
+            verdict, *value = await self._script("begin")(
+                keys=[*_target_keys(target), SLOTS_KEY, NODES_KEY],
                 args=[
-                    flush_id,
+                    *launch,
                     _ms(2 * timeout + LEASE_MARGIN),
                     cooldown.count if cooldown else 0,
                     _ms(cooldown.window) if cooldown else 0,
                 ],
             )
             if verdict == b"lead":
-                return await self._lead(target, flush_id, cooldown, max_concurrent, session)
+                return await self._lead(target, flush_id, cooldown, value)
+            if verdict == b"queued":
+                return await self._lead_when_slot_free(target, flush_id, cooldown, launch)
             if verdict == b"recent":
-                return _joined(value)
-            done = await self._await_result(value.decode(), keys[0], 2 * timeout + 1.0)
+                return _joined(value[0])
+            done = await self._await_result(value[0].decode(), target, 2 * timeout + 1.0)
             if done is not None:
                 return done
         result = FlushResult(started=True, detail="a flush of this target is running elsewhere")
         return CoalescedResult(result, coalesced=True, audit={"cluster_wait": "timeout"})
 
+    def _launch_args(
+        self, flush_id: str, target: Target, max_concurrent: int, session: str
+    ) -> list[str | int]:
+        request = FlushRequest(flush_id, str(target), self.node, session).encode()
+        slot_lease = _ms(2 * self.settings.fanout_timeout + LEASE_MARGIN)
+        ttl = _ms(HEARTBEAT_TTL)
+        return [flush_id, max_concurrent, slot_lease, ttl, request, flush_channel(""), self.node]
+
     async def _await_result(
-        self, flush_id: str, run_key: str, timeout: float
+        self, flush_id: str, target: Target, timeout: float
     ) -> CoalescedResult | None:
         """The leader's result; None when its lease went without one (it vanished)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.get(_done_key(flush_id))
-                pipe.get(run_key)
+                pipe.get(_target_keys(target)[0])
                 done, holder = await pipe.execute()
             if done is not None:
                 return _joined(done)
@@ -288,31 +328,33 @@ class RedisState:
             result, coalesced=True, audit={"flush_id": flush_id, "cluster_wait": "timeout"}
         )
 
-    async def _lead(
-        self,
-        target: Target,
-        flush_id: str,
-        cooldown: Rate | None,
-        max_concurrent: int,
-        session: str,
+    async def _lead_when_slot_free(
+        self, target: Target, flush_id: str, cooldown: Rate | None, launch: list[str | int]
     ) -> CoalescedResult:
-        timeout = self.settings.fanout_timeout
-        if not await self._take_slot(flush_id, max_concurrent, timeout):
-            result = FlushResult(started=False, detail="no cluster flush slot free in time")
-            await self._finish(target, flush_id, result, cooldown)
-            return CoalescedResult(result, coalesced=False, audit={"flush_id": flush_id})
-        try:
-            nodes = sorted({*await live_nodes(self.client), self.node})
-            request = FlushRequest(flush_id, str(target), self.node, session).encode()
-            async with self.client.pipeline(transaction=False) as pipe:
-                for node in nodes:
-                    pipe.publish(flush_channel(node), request)
-                receivers = await pipe.execute()
-            # From here on some node may be flushing: an error is no reason to flush again.
-            asked = [node for node, count in zip(nodes, receivers, strict=True) if count]
-            reports, error = await self._collect(flush_id, asked, time.monotonic() + timeout)
-        finally:
-            await self._release_slot(flush_id)
+        """Holding the lease, wait (at most fanout_timeout) for a flush slot."""
+        deadline = time.monotonic() + self.settings.fanout_timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(POLL_INTERVAL)
+            published = await self._script("launch")(keys=[SLOTS_KEY, NODES_KEY], args=launch)
+            if published:
+                return await self._lead(target, flush_id, cooldown, published)
+        result = FlushResult(started=False, detail="no cluster flush slot free in time")
+        await self._finish(target, flush_id, result, cooldown)
+        return CoalescedResult(result, coalesced=False, audit={"flush_id": flush_id})
+
+    async def _lead(
+        self, target: Target, flush_id: str, cooldown: Rate | None, published: list[bytes | int]
+    ) -> CoalescedResult:
+        """The request is out (``published``: node, receivers, ...): collect the reports.
+        From here on some node may be flushing: an error is no reason to flush again."""
+        receivers = {
+            bytes(node).decode(): int(count)
+            for node, count in zip(published[::2], published[1::2], strict=True)
+        }
+        nodes = sorted(receivers)
+        asked = [node for node in nodes if receivers[node]]
+        deadline = time.monotonic() + self.settings.fanout_timeout
+        reports, error = await self._collect(flush_id, asked, deadline)
         result = combine(nodes, reports)
         audit: dict[str, object] = {
             "flush_id": flush_id,
@@ -357,7 +399,7 @@ class RedisState:
     ) -> bool:
         try:
             await self._script("finish")(
-                keys=[*_target_keys(target), _done_key(flush_id)],
+                keys=[*_target_keys(target), _done_key(flush_id), SLOTS_KEY],
                 args=[
                     flush_id,
                     encode_result(result, node=self.node, flush_id=flush_id),
@@ -371,22 +413,6 @@ class RedisState:
             self._unreachable_quietly(exc)
             return False
         return True
-
-    async def _take_slot(self, holder: str, max_concurrent: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        lease = _ms(2 * timeout + LEASE_MARGIN)
-        take = self._script("slot")
-        while not await take(keys=[SLOTS_KEY], args=[holder, max_concurrent, lease]):
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(POLL_INTERVAL)
-        return True
-
-    async def _release_slot(self, holder: str) -> None:
-        try:
-            await self.client.zrem(SLOTS_KEY, holder)
-        except self._errors as exc:  # the lease ends it anyway
-            self._unreachable_quietly(exc)
 
     # Serving the other nodes ------------------------------------------------------
 

@@ -186,3 +186,28 @@ def test_doctor_lists_the_nodes(cluster: Cluster) -> None:
     lines = [line for line in done.stdout.splitlines() if line.startswith("ok") and "node " in line]
     assert len(lines) == 3, done.stdout + done.stderr
     assert all("heartbeat" in line and "clock skew" in line for line in lines), done.stdout
+
+
+def test_limits_hold_across_the_workers_of_one_node(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """workers: 3 on one host: one flush per flood and one per_client window, not three."""
+    runs = tmp_path / "runs.txt"
+    script = write_counting_flush(tmp_path / "flush", runs, 0.3)
+    backend = {"type": "command", "argv": [str(script), "{etrn}"]}
+    extra = {"workers": 3, "limits": {"per_client": "off", "per_target": "1/60s"}}
+    (node,) = start_nodes(tmp_path, redis_server.url, [backend], extra)
+    try:
+
+        async def flood() -> list[tuple[str, float]]:
+            return await asyncio.gather(
+                *(etrn_session("127.0.0.1", node.port, DOMAIN) for _ in range(60))
+            )
+
+        assert {reply[:3] for reply, _ in asyncio.run(flood())} == {"250"}
+        assert runs.read_text().split() == [DOMAIN]
+        served = {str(r["session"])[:6] for r in node.etrn_records()}
+        assert len(served) > 1  # the kernel spread the sessions over several workers
+        assert len(records(node, "cluster_flush")) == 1  # one worker took the request
+    finally:
+        node.stop()

@@ -104,7 +104,7 @@ async def test_per_client_is_atomic_across_nodes(
 
 
 async def test_flood_from_two_nodes_makes_one_flush_per_node(
-    nodes, redis_server: RedisServer
+    nodes: StartNode, redis_server: RedisServer
 ) -> None:
     one = await nodes("mx1", flush_seconds=0.2)
     two = await nodes("mx2", flush_seconds=0.2)
