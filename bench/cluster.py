@@ -193,7 +193,7 @@ def main() -> None:
                 directory / "local-limits", backend, COALESCING, args.etrn, False
             )
             shared, _, _ = cluster(
-                directory / "shared-limits", redis, 1, COALESCING, args.etrn, False
+                directory / "shared-limits", redis, [backend], COALESCING, args.etrn, False
             )
             print(f"   local limits (no cluster):  {figures(local)}")
             print(f"   Redis limits (cluster):     {figures(shared)}")

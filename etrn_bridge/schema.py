@@ -82,8 +82,8 @@ def config_schema() -> dict[str, Any]:
                 "(exit status 1): the service manager restarts the whole. Rate limits, "
                 "coalescing of identical ETRNs and max_concurrent_flushes are kept per "
                 "worker, so with N workers a client may get up to N times its limit and "
-                "one target up to N flush runs per window (with cluster: they are shared). Every worker appends whole "
-                "lines to the same audit file.",
+                "one target up to N flush runs per window (cluster: shares them). Every "
+                "worker appends whole lines to the same audit file.",
             },
             "event_loop": {
                 "type": "string",
