@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 # Seconds a Redis command or connect may take before Redis counts as unreachable
 # (on_redis_failure applies): a partition must not hold an ETRN reply for long.
 SOCKET_TIMEOUT = 1.0
-# Blocking reads (BLPOP) wait in slices shorter than SOCKET_TIMEOUT.
-BLOCK_SLICE = 0.5
 
 
 class RedisMissing(OSError):

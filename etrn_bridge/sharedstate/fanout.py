@@ -29,6 +29,7 @@ class FlushRequest:
     target: str
     origin_node: str
     origin_session: str
+    reply_to: str  # the channel the origin listens on for the reports
 
     def encode(self) -> str:
         return json.dumps(
@@ -37,6 +38,7 @@ class FlushRequest:
                 "target": self.target,
                 "origin_node": self.origin_node,
                 "origin_session": self.origin_session,
+                "reply_to": self.reply_to,
             }
         )
 
@@ -48,6 +50,7 @@ class FlushRequest:
             _string(data, "target"),
             _string(data, "origin_node"),
             _string(data, "origin_session"),
+            _string(data, "reply_to"),
         )
 
 

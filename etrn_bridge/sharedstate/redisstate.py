@@ -14,8 +14,9 @@ something only for ``fanout_timeout`` seconds, and PUBLISH says at once how
 many subscribers got it, so a node that is gone is known without waiting. A
 stream would replay requests to a node coming back long after its client had
 its answer. The workers of one host share a node name: the first to claim a
-request (SET NX) flushes, the others let it be. Reports come back on a list
-per flush (RPUSH, BLPOP).
+request (SET NX) flushes, the others let it be. Reports come back on the
+origin process's own reply channel, read by the same subscriber: no blocking
+command whose answer a busy event loop could lose.
 
 When Redis cannot be reached, ``on_redis_failure`` decides: ``local`` runs the
 request through this process's own :class:`LocalState` (this node's queue, this
@@ -38,10 +39,11 @@ from etrn_bridge.policy.coalesce import CoalescedResult, FlushCoalescer
 from etrn_bridge.policy.limits import DEFAULT_MAX_CONCURRENT_FLUSHES, Rate
 from etrn_bridge.request import FlushResult
 from etrn_bridge.sharedstate.base import FlushCall, PeerFlush, SharedStateUnavailable
-from etrn_bridge.sharedstate.connection import BLOCK_SLICE, connect, redis_errors
+from etrn_bridge.sharedstate.connection import SOCKET_TIMEOUT, connect, redis_errors
 from etrn_bridge.sharedstate.fanout import (
     BadMessage,
     FlushRequest,
+    Report,
     combine,
     decode_result,
     encode_result,
@@ -151,6 +153,7 @@ return 1
 """
 )
 SLOTS_KEY = KEY_PREFIX + "slots"
+REPLY_PREFIX = KEY_PREFIX + "reply:"
 # Waiting for a slot or for another node's result is polled at this pace (seconds).
 POLL_INTERVAL = 0.02
 # Seconds a flush's result and its reports stay readable for late waiters.
@@ -179,6 +182,10 @@ class RedisState:
         self._errors = redis_errors()
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        # Reports for the flushes this process leads, by flush id.
+        self._reports: dict[str, asyncio.Queue[Report]] = {}
+        self._reply_channel = ""  # this process's own, made in start (after fork)
+        self._subscribed = asyncio.Event()
 
     # The client is made in the serving loop: workers fork after the service exists.
     @property
@@ -202,6 +209,7 @@ class RedisState:
 
     async def start(self, flush_for_peer: PeerFlush) -> None:
         self._flush_for_peer = flush_for_peer
+        self._reply_channel = f"{REPLY_PREFIX}{self.node}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._heartbeat()), loop.create_task(self._listen())]
 
@@ -276,22 +284,27 @@ class RedisState:
         self, target: Target, cooldown: Rate | None, max_concurrent: int, session: str
     ) -> CoalescedResult:
         timeout = self.settings.fanout_timeout
+        await self._wait_subscribed()
         for _ in range(2):  # a second look when the node leading it vanished
             flush_id = f"{self.node}.{uuid.uuid4().hex[:16]}"
             launch = self._launch_args(flush_id, target, max_concurrent, session)
-            verdict, *value = await self._script("begin")(
-                keys=[*_target_keys(target), SLOTS_KEY, NODES_KEY],
-                args=[
-                    *launch,
-                    _ms(2 * timeout + LEASE_MARGIN),
-                    cooldown.count if cooldown else 0,
-                    _ms(cooldown.window) if cooldown else 0,
-                ],
-            )
-            if verdict == b"lead":
-                return await self._lead(target, flush_id, cooldown, value)
-            if verdict == b"queued":
-                return await self._lead_when_slot_free(target, flush_id, cooldown, launch)
+            self._reports[flush_id] = asyncio.Queue()
+            try:
+                verdict, *value = await self._script("begin")(
+                    keys=[*_target_keys(target), SLOTS_KEY, NODES_KEY],
+                    args=[
+                        *launch,
+                        _ms(2 * timeout + LEASE_MARGIN),
+                        cooldown.count if cooldown else 0,
+                        _ms(cooldown.window) if cooldown else 0,
+                    ],
+                )
+                if verdict == b"lead":
+                    return await self._lead(target, flush_id, cooldown, value)
+                if verdict == b"queued":
+                    return await self._lead_when_slot_free(target, flush_id, cooldown, launch)
+            finally:
+                del self._reports[flush_id]
             if verdict == b"recent":
                 return _joined(value[0])
             done = await self._await_result(value[0].decode(), target, 2 * timeout + 1.0)
@@ -303,7 +316,9 @@ class RedisState:
     def _launch_args(
         self, flush_id: str, target: Target, max_concurrent: int, session: str
     ) -> list[str | int]:
-        request = FlushRequest(flush_id, str(target), self.node, session).encode()
+        request = FlushRequest(
+            flush_id, str(target), self.node, session, self._reply_channel
+        ).encode()
         slot_lease = _ms(2 * self.settings.fanout_timeout + LEASE_MARGIN)
         ttl = _ms(HEARTBEAT_TTL)
         return [flush_id, max_concurrent, slot_lease, ttl, request, flush_channel(""), self.node]
@@ -353,8 +368,7 @@ class RedisState:
         }
         nodes = sorted(receivers)
         asked = [node for node in nodes if receivers[node]]
-        deadline = time.monotonic() + self.settings.fanout_timeout
-        reports, error = await self._collect(flush_id, asked, deadline)
+        reports = await self._collect(flush_id, asked)
         result = combine(nodes, reports)
         audit: dict[str, object] = {
             "flush_id": flush_id,
@@ -362,37 +376,35 @@ class RedisState:
             "nodes_answered": sorted(reports),
             "nodes_missing": [node for node in nodes if node not in reports],
         }
-        if error:
-            audit["cluster_error"] = error
-        elif not await self._finish(target, flush_id, result, cooldown):
+        if not await self._finish(target, flush_id, result, cooldown):
             audit["cluster_error"] = "result not stored"
         return CoalescedResult(result, coalesced=False, audit=audit)
 
-    async def _collect(
-        self, flush_id: str, asked: list[str], deadline: float
-    ) -> tuple[dict[str, FlushResult], str | None]:
+    async def _collect(self, flush_id: str, asked: list[str]) -> dict[str, FlushResult]:
+        """The reports of ``asked`` that arrive within fanout_timeout."""
+        queue = self._reports[flush_id]
         reports: dict[str, FlushResult] = {}
+        deadline = time.monotonic() + self.settings.fanout_timeout
         while len(reports) < len(asked):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                item = await self.client.blpop(
-                    [_reply_key(flush_id)], timeout=max(0.01, min(remaining, BLOCK_SLICE))
-                )
-            except self._errors as exc:
-                self._unreachable_quietly(exc)
-                return reports, f"reports lost: {exc}"
-            if item is None:
-                continue
-            try:
-                report = decode_result(item[1])
-            except BadMessage as exc:
-                log.warning("cluster: flush %s: bad report dropped: %s", flush_id, exc)
-                continue
+                report = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                break
             if report.node in asked:
                 reports[report.node] = report.result
-        return reports, None
+        return reports
+
+    async def _wait_subscribed(self) -> None:
+        """Reports come back through the subscription: no lead without it."""
+        if self._subscribed.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), SOCKET_TIMEOUT)
+        except TimeoutError:
+            raise ConnectionError("not subscribed to Redis") from None
 
     async def _finish(
         self, target: Target, flush_id: str, result: FlushResult, cooldown: Rate | None
@@ -428,23 +440,44 @@ class RedisState:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def _listen(self) -> None:
-        channel = flush_channel(self.node)
+        requests = flush_channel(self.node).encode()
+        channels = (requests.decode(), self._reply_channel)
         while True:
             pubsub = self.client.pubsub()
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(*channels)
+                confirmed = 0
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        confirmed += 1
+                        if confirmed == len(channels):
+                            self._subscribed.set()
+                    elif message["type"] == "message" and message["channel"] == requests:
                         self._spawn(self._answer(message["data"]))
+                    elif message["type"] == "message":
+                        self._take_report(message["data"])
             except self._errors as exc:
                 self._unreachable_quietly(exc)
             finally:
+                self._subscribed.clear()
                 try:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except self._errors as exc:
                     self._unreachable_quietly(exc)
             await asyncio.sleep(RESUBSCRIBE_DELAY)
+
+    def _take_report(self, raw: bytes) -> None:
+        try:
+            report = decode_result(raw)
+        except BadMessage as exc:
+            log.warning("cluster: report dropped: %s", exc)
+            return
+        queue = self._reports.get(report.flush_id or "")
+        if queue is not None:  # else too late: that flush has been answered
+            queue.put_nowait(report)
 
     def _spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -458,6 +491,8 @@ class RedisState:
             target = parse_target(request.target)
             if str(target) != request.target:
                 raise BadMessage(f"target {request.target!r} is not in canonical form")
+            if not request.reply_to.startswith(REPLY_PREFIX):
+                raise BadMessage(f"reply channel {request.reply_to!r} is not a bridge's")
         except (BadMessage, TargetError) as exc:
             log.warning("cluster: flush request dropped: %s", exc)
             return
@@ -480,11 +515,7 @@ class RedisState:
         ran = await self._node_flushes.run(target, None, lambda: flush_for_peer(target, context))
         report = encode_result(ran.result, node=self.node, flush_id=request.flush_id)
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                key = _reply_key(request.flush_id)
-                pipe.rpush(key, report)
-                pipe.pexpire(key, _ms(RESULT_TTL))
-                await pipe.execute()
+            await self.client.publish(request.reply_to, report)
         except self._errors as exc:
             self._unreachable_quietly(exc)
 
@@ -520,10 +551,6 @@ def _target_keys(target: Target) -> list[str]:
 
 def _done_key(flush_id: str) -> str:
     return f"{KEY_PREFIX}done:{flush_id}"
-
-
-def _reply_key(flush_id: str) -> str:
-    return f"{KEY_PREFIX}reply:{flush_id}"
 
 
 def _joined(raw: bytes) -> CoalescedResult:

@@ -169,6 +169,8 @@ async def test_hostile_messages_on_the_channel_are_dropped(
         b'{"id": "x", "target": "Customer.Example", "origin_node": "a", "origin_session": "s"}',
         b'{"id": "x", "target": "a b", "origin_node": "a", "origin_session": "s"}',
         b"[1, 2]",
+        b'{"id": "x", "target": "customer.example", "origin_node": "a", "origin_session": "s",'
+        b' "reply_to": "elsewhere"}',
     ]
     with caplog.at_level(logging.WARNING, "etrn_bridge.cluster"):
         for raw in hostile:

@@ -93,7 +93,7 @@ def test_report_round_trip() -> None:
 
 
 def test_request_round_trip() -> None:
-    request = FlushRequest("mx1.ab", "@customer.test", "mx1", "f00.1")
+    request = FlushRequest("mx1.ab", "@customer.test", "mx1", "f00.1", "etrn-bridge:reply:mx1.7")
     assert FlushRequest.decode(request.encode()) == request
 
 
