@@ -2,23 +2,27 @@
 
     python bench/cluster.py [--etrn 200] [--nodes 1,3,10] [--calls 2000] [--backend postfix]
 
-Starts its own redis-server (loopback, free port) and ``etrn-bridge serve``
-nodes with the ``command`` backend running ``/bin/true`` (a real process per
-flush, as an MTA's flush command is; the nodes share it), or with
-``--backend postfix`` the lab's real Postfix, shared by every node (start the
-lab first, inside one netns-run.sh call:
-``bash tests/mta/lab/netns-run.sh bash -c 'bash tests/mta/lab/all.sh start &&
-.venv/bin/python bench/cluster.py --backend postfix; bash tests/mta/lab/all.sh stop'``).
-Prints, asserts nothing:
+Starts ``etrn-bridge serve`` processes: a single bridge without ``cluster:``,
+and one cluster per size in ``--nodes``, each cluster on a redis-server of its
+own (loopback, free port). Backend: ``command`` running ``/bin/true`` (a real
+process per flush, as an MTA's flush command is), or with ``--backend postfix``
+the lab's real Postfix, shared by every node (start the lab first, inside one
+netns-run.sh call: ``bash tests/mta/lab/netns-run.sh bash -c 'bash
+tests/mta/lab/all.sh start && .venv/bin/python bench/cluster.py --backend
+postfix; bash tests/mta/lab/all.sh stop'``).
 
-1. ETRN reply latency p50/p99 through the listener, ``--etrn`` ETRN one at a
-   time for distinct targets (every one a real flush, fanned out to every node),
-   taking turns over the nodes: a single bridge without ``cluster:``, then
-   clusters of 1, 3, 10 nodes. Goal (issue 11): 3-node p99 < 2x the single bridge.
-2. The extra cost of shared limits per ETRN: the same ETRN for ONE target
-   with per_target 1/60s, so after the first every request is admitted
-   (per_client) and coalesced without a flush: local vs Redis, through the
-   listener; and the in-process cost of ``admit`` + coalesced ``run`` per call.
+All setups run at once and take turns, one ETRN each per round, so every row
+sees the same load on the machine (the figures are ratios measured side by
+side). Prints, asserts nothing:
+
+1. ETRN reply latency p50/p99, ``--etrn`` rounds, every ETRN for a new target
+   (a real flush, fanned out to every node; no coalescing), the cluster's turn
+   going to its nodes in rotation. Goal (issue 11): 3-node p99 < 2x the single
+   bridge's.
+2. The extra cost of shared limits per ETRN: the same target again with
+   per_target 1/60s, so after the first every request is admitted (per_client)
+   and coalesced without a flush: single bridge (local limits) vs a 1-node
+   cluster (Redis); and in process, ``admit`` + coalesced ``run`` per call.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +59,31 @@ COMMAND_BACKEND = {"type": "command", "argv": ["/bin/true", "{etrn}"]}
 NO_LIMITS = {"limits": {"per_client": "off", "per_target": "off"}}
 # Every request admitted (per_client high) and, after the first, coalesced.
 COALESCING = {"limits": {"per_client": "1000000/60s", "per_target": "1/60s"}}
-# The base config allows customer.example and customer.net with its subdomains.
+# The base config allows customer.example, and customer.net with its subdomains.
 DOMAIN = "customer.example"
+WARM_UP = 10
+
+
+@dataclass
+class Setup:
+    name: str
+    nodes: list[Bridge]
+    distinct: bool
+    latencies: list[float] = field(default_factory=list)
+    codes: set[str] = field(default_factory=set)
+
+    async def one(self, number: int, record: bool) -> None:
+        node = self.nodes[number % len(self.nodes)]
+        target = f"t{number}.customer.net" if self.distinct else DOMAIN
+        reply, latency = await etrn_session("127.0.0.1", node.port, target)
+        if record:
+            self.latencies.append(latency)
+            self.codes.add(reply[:3])
+
+    def all_answered(self) -> str:
+        records = [r for node in self.nodes for r in node.etrn_records()]
+        complete = sum(r.get("nodes_missing") == [] for r in records)
+        return f"all nodes answered {complete}/{len(records)}"
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -71,61 +99,10 @@ def figures(latencies: list[float]) -> str:
     )
 
 
-async def sequential(
-    nodes: list[Bridge], count: int, distinct: bool
-) -> tuple[list[float], set[str]]:
-    latencies: list[float] = []
-    codes: set[str] = set()
-    for number in range(count):
-        node = nodes[number % len(nodes)]
-        target = f"t{number}.customer.net" if distinct else DOMAIN
-        reply, latency = await etrn_session("127.0.0.1", node.port, target)
-        latencies.append(latency)
-        codes.add(reply[:3])
-    return latencies, codes
-
-
-def measure(nodes: list[Bridge], count: int, distinct: bool) -> tuple[list[float], set[str]]:
-    asyncio.run(sequential(nodes, 10, distinct))  # warm up: connections, scripts loaded
-    return asyncio.run(sequential(nodes, count, distinct))
-
-
-def single_bridge(
-    directory: Path,
-    backend: Mapping[str, Any],
-    extra: Mapping[str, Any],
-    count: int,
-    distinct: bool,
-) -> tuple[list[float], set[str]]:
-    directory.mkdir()
-    bridge = launch_bridge(directory, {"backend": backend, **extra})
-    try:
-        return measure([bridge], count, distinct)
-    finally:
-        bridge.stop()
-
-
-def cluster(
-    directory: Path,
-    redis: RedisServer,
-    backends: list[Mapping[str, Any]],
-    extra: Mapping[str, Any],
-    count: int,
-    distinct: bool,
-) -> tuple[list[float], set[str], dict[str, int]]:
-    directory.mkdir()
-    nodes = start_nodes(directory, redis.url, backends, extra)
-    try:
-        latencies, codes = measure(nodes, count, distinct)
-        records = [r for node in nodes for r in node.etrn_records()]
-        answered = {
-            "all": sum(len(r.get("nodes_missing", [None])) == 0 for r in records),
-            "records": len(records),
-        }
-        return latencies, codes, answered
-    finally:
-        for node in nodes:
-            node.stop()
+async def take_turns(setups: list[Setup], rounds: int) -> None:
+    for number in range(WARM_UP + rounds):
+        for setup in setups:
+            await setup.one(number, record=number >= WARM_UP)
 
 
 async def in_process(state: SharedState, calls: int) -> float:
@@ -152,6 +129,35 @@ async def in_process(state: SharedState, calls: int) -> float:
         await state.close()
 
 
+class Processes:
+    """Every bridge and redis-server started, stopped at the end."""
+
+    def __init__(self, directory: Path, backend: Mapping[str, Any]) -> None:
+        self.directory = directory
+        self.backend = backend
+        self.bridges: list[Bridge] = []
+        self.redis: list[RedisServer] = []
+
+    def single(self, name: str, extra: Mapping[str, Any], distinct: bool) -> Setup:
+        (self.directory / name).mkdir()
+        bridge = launch_bridge(self.directory / name, {"backend": self.backend, **extra})
+        self.bridges.append(bridge)
+        return Setup(name, [bridge], distinct)
+
+    def cluster(self, name: str, size: int, extra: Mapping[str, Any], distinct: bool) -> Setup:
+        redis = RedisServer(self.directory / name / "redis").start()
+        self.redis.append(redis)
+        nodes = start_nodes(self.directory / name, redis.url, [self.backend] * size, extra)
+        self.bridges += nodes
+        return Setup(name, nodes, distinct)
+
+    def stop(self) -> None:
+        for bridge in self.bridges:
+            bridge.stop()
+        for redis in self.redis:
+            redis.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--etrn", type=int, default=200)
@@ -166,48 +172,46 @@ def main() -> None:
 
         backend = LabMta.from_env("postfix").backend_options
     print(
-        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
-        f"backend {dict(backend)}; {args.etrn} ETRN one at a time per row"
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start; "
+        f"backend {dict(backend)}; {args.etrn} rounds, setups taking turns"
     )
     with tempfile.TemporaryDirectory() as name:
-        directory = Path(name)
-        redis = RedisServer(directory / "redis").start()
+        processes = Processes(Path(name), backend)
         try:
-            print("\n1. reply latency, every ETRN a flush (distinct targets, no coalescing)")
-            base, codes = single_bridge(directory / "single", backend, NO_LIMITS, args.etrn, True)
-            print(f"   single bridge, no cluster: {figures(base)}  replies {sorted(codes)}")
-            for size in sizes:
-                fanout_dir = directory / f"fanout{size}"
-                latencies, codes, answered = cluster(
-                    fanout_dir, redis, [backend] * size, NO_LIMITS, args.etrn, True
-                )
-                ratio = percentile(latencies, 0.99) / percentile(base, 0.99)
-                print(
-                    f"   cluster of {size:2d} node(s):   {figures(latencies)}  "
-                    f"replies {sorted(codes)}  p99 {ratio:.2f}x single; "
-                    f"all nodes answered {answered['all']}/{answered['records']}"
-                )
+            single = processes.single("single", NO_LIMITS, distinct=True)
+            clusters = [
+                processes.cluster(f"cluster{size}", size, NO_LIMITS, distinct=True)
+                for size in sizes
+            ]
+            local = processes.single("local-limits", COALESCING, distinct=False)
+            shared = processes.cluster("shared-limits", 1, COALESCING, distinct=False)
+            asyncio.run(take_turns([single, *clusters, local, shared], args.etrn))
 
+            print("\n1. reply latency, every ETRN a flush (new target each time)")
+            print(
+                f"   single bridge, no cluster: {figures(single.latencies)}  {sorted(single.codes)}"
+            )
+            for size, setup in zip(sizes, clusters, strict=True):
+                ratio = percentile(setup.latencies, 0.99) / percentile(single.latencies, 0.99)
+                print(
+                    f"   cluster of {size:2d} node(s):   {figures(setup.latencies)}  "
+                    f"{sorted(setup.codes)}  p99 {ratio:.2f}x single; {setup.all_answered()}"
+                )
             print("\n2. shared limits: the same target again (admitted, coalesced, no flush)")
-            local, _ = single_bridge(
-                directory / "local-limits", backend, COALESCING, args.etrn, False
-            )
-            shared, _, _ = cluster(
-                directory / "shared-limits", redis, [backend], COALESCING, args.etrn, False
-            )
-            print(f"   local limits (no cluster):  {figures(local)}")
-            print(f"   Redis limits (cluster):     {figures(shared)}")
-            extra = statistics.mean(shared) - statistics.mean(local)
+            print(f"   local limits (no cluster):  {figures(local.latencies)}")
+            print(f"   Redis limits (1-node):      {figures(shared.latencies)}")
+            extra = statistics.mean(shared.latencies) - statistics.mean(local.latencies)
             print(f"   extra per ETRN (mean):      {extra * 1000:+.3f} ms")
             local_call = asyncio.run(in_process(LocalState(), args.calls))
-            settings = ClusterSettings(redis.url, "bench", 5.0)
+            settings = ClusterSettings(processes.redis[-1].url, "bench", 5.0)
             redis_call = asyncio.run(in_process(RedisState(settings), args.calls))
             print(
                 f"   in process, admit + coalesced run: local {local_call * 1e6:.1f} us, "
                 f"Redis {redis_call * 1e6:.1f} us per ETRN ({args.calls} calls)"
             )
         finally:
-            redis.stop()
+            processes.stop()
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
