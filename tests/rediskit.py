@@ -93,3 +93,35 @@ class RedisServer:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class RedisSentinel(RedisServer):
+    """A Sentinel (redis-server --sentinel) watching ``master`` as ``service``."""
+
+    def __init__(self, directory: Path, master: RedisServer, service: str) -> None:
+        super().__init__(directory)
+        self.master = master
+        self.service = service
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+
+    def start(self) -> RedisSentinel:
+        config = self.directory / "sentinel.conf"  # Sentinel rewrites it: its own copy
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"logfile {self.directory / 'redis.log'}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+        )
+        self.process = subprocess.Popen(
+            [self.program, str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.ping():
+                return self
+            time.sleep(0.02)
+        raise AssertionError("redis sentinel did not answer PING")

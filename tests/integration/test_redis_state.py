@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
-from rediskit import RedisServer, free_port
+from rediskit import RedisSentinel, RedisServer, free_port
 
 from etrn_bridge.policy.coalesce import CoalescedResult
 from etrn_bridge.policy.limits import Rate
@@ -220,3 +220,21 @@ async def test_reconnects_when_redis_returns(nodes: StartNode, redis_server: Red
     await wait_subscribed(redis_server.url, ["mx1"])
     ran = await one.run(cooldown=None)
     assert ran.audit["nodes_answered"] == ["mx1"] and len(one.flushed) == 1
+
+
+async def test_through_sentinel(redis_server: RedisServer, tmp_path: Path) -> None:
+    """redis+sentinel://: the master Sentinel names is the one used."""
+    sentinel = RedisSentinel(tmp_path / "sentinel", redis_server, "etrnmaster").start()
+    node = Node(sentinel.url, "mx1")
+    try:
+        await node.state.start(node.flush_for_peer)
+        assert await node.state.admit("192.0.2.1", MINUTE)
+        assert not await node.state.admit("192.0.2.1", MINUTE)
+        ran = await node.run()
+        assert ran.audit["nodes_answered"] == ["mx1"] and len(node.flushed) == 1
+        direct = redis.asyncio.Redis.from_url(redis_server.url)
+        assert await direct.exists("etrn-bridge:client:192.0.2.1")  # on the master
+        await direct.aclose()
+    finally:
+        await node.state.close()
+        sentinel.stop()
