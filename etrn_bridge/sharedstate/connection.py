@@ -20,13 +20,18 @@ SOCKET_TIMEOUT = 1.0
 
 
 class RedisMissing(OSError):
-    """redis-py is not installed."""
+    """redis-py is not installed (serve says so and does not start)."""
+
+    def __init__(self) -> None:
+        super().__init__("cluster: needs redis-py (pip install 'etrn-bridge[cluster]')")
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
     """What a Redis command raises when Redis cannot be reached or answers an error."""
-    from redis.exceptions import RedisError  # noqa: PLC0415 (optional extra)
-
+    try:
+        from redis.exceptions import RedisError  # noqa: PLC0415 (optional extra)
+    except ImportError:
+        raise RedisMissing from None
     return (RedisError, OSError)
 
 
@@ -38,7 +43,7 @@ def connect(url: str) -> Redis:
         from redis.asyncio.sentinel import Sentinel  # noqa: PLC0415
         from redis.backoff import NoBackoff  # noqa: PLC0415
     except ImportError:
-        raise RedisMissing("cluster: needs redis-py (pip install 'etrn-bridge[cluster]')") from None
+        raise RedisMissing from None
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": SOCKET_TIMEOUT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -104,3 +105,15 @@ def test_sentinel_url() -> None:
 def test_password_never_shown() -> None:
     assert redacted("redis://user:secret@127.0.0.1:6379/0") == "redis://user:***@127.0.0.1:6379/0"
     assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_without_redis_py_serve_refuses_to_start_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from etrn_bridge.audit import AuditLog
+    from etrn_bridge.service import Service
+
+    config = load(tmp_path, 'cluster: {redis: "redis://127.0.0.1:6379/0"}\n')
+    monkeypatch.setitem(sys.modules, "redis.exceptions", None)  # as if not installed
+    with pytest.raises(OSError, match=r"pip install 'etrn-bridge\[cluster\]'"):
+        Service.from_config(config, AuditLog())
