@@ -156,7 +156,7 @@ SLOTS_KEY = KEY_PREFIX + "slots"
 REPLY_PREFIX = KEY_PREFIX + "reply:"
 # Waiting for a slot or for another node's result is polled at this pace (seconds).
 POLL_INTERVAL = 0.02
-# Seconds a flush's result and its reports stay readable for late waiters.
+# Seconds a flush's result (for late waiters) and its claims are kept.
 RESULT_TTL = 60.0
 # Waiting for the slot takes at most fanout_timeout, the fan-out another:
 # the lease covers both and this margin.
@@ -435,6 +435,8 @@ class RedisState:
                 await beat(self.client, self.node, pid)
             except self._errors as exc:
                 self._unreachable_quietly(exc)
+            except Exception:  # a bug must not end the heartbeats: the node would vanish
+                log.exception("cluster: heartbeat failed")
             else:
                 self._reached()
             await asyncio.sleep(HEARTBEAT_INTERVAL)
@@ -461,6 +463,8 @@ class RedisState:
                         self._take_report(message["data"])
             except self._errors as exc:
                 self._unreachable_quietly(exc)
+            except Exception:  # a bug must not end the subscription: subscribe again
+                log.exception("cluster: subscriber failed")
             finally:
                 self._subscribed.clear()
                 try:
