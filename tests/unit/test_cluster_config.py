@@ -117,3 +117,15 @@ def test_without_redis_py_serve_refuses_to_start_and_says_why(
     monkeypatch.setitem(sys.modules, "redis.exceptions", None)  # as if not installed
     with pytest.raises(OSError, match=r"pip install 'etrn-bridge\[cluster\]'"):
         Service.from_config(config, AuditLog())
+
+
+def test_check_summarises_the_cluster_without_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from etrn_bridge.cli import main
+
+    example = Path(__file__).parents[2] / "examples" / "cluster.yaml"
+    assert main(["check", "-c", str(example)]) == 0
+    out = capsys.readouterr().out
+    assert "  cluster:  node mx1, Redis rediss://etrn-bridge:***@redis.isp.example:6380/0" in out
+    assert "change-me" not in out
