@@ -100,7 +100,9 @@ async def diagnose_cluster(cluster: ClusterSettings) -> list[Finding]:
             f"clock skew {skew}" + (" (this node)" if node.node == cluster.node else "")
         )
         if not node.alive:
-            findings.append(Finding(Level.ADVICE, text + ": gone (heartbeat expired)"))
+            findings.append(
+                Finding(Level.ADVICE, text + ": gone (stopped, or its heartbeat expired)")
+            )
         elif node.skew is not None and abs(node.skew) > SKEW_ADVICE:
             findings.append(Finding(Level.ADVICE, text + ": synchronise its clock (NTP)"))
         else:

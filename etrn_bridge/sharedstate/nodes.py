@@ -1,9 +1,11 @@
 """Who is in the cluster: heartbeats with expiry, the live nodes, what doctor shows.
 
 Each node writes ``hb:<node>`` (its own clock and Redis's, expiring after
-HEARTBEAT_TTL) and its name in the ``nodes`` set scored by Redis's time. Every
-time is Redis's own (``TIME`` inside the scripts), so the nodes' clocks never
-decide who is alive; the difference of the two is the node's clock skew.
+HEARTBEAT_TTL), its name in ``live`` scored by when that expires, and in
+``nodes`` (every node seen, for doctor) scored by Redis's time. Every time is
+Redis's own (``TIME`` inside the scripts), so the nodes' clocks never decide
+who is alive; the difference of the two is the node's clock skew. A node that
+stops leaves ``live`` at once; one that dies drops out after HEARTBEAT_TTL.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
 KEY_PREFIX = "etrn-bridge:"
 NODES_KEY = KEY_PREFIX + "nodes"
+LIVE_KEY = KEY_PREFIX + "live"
 HEARTBEAT_INTERVAL = 1.0
 # A node that missed this many seconds of heartbeats is not asked to flush.
 HEARTBEAT_TTL = 3.0
@@ -32,6 +35,8 @@ redis.call('HSET', KEYS[1], 'node_ms', ARGV[2], 'redis_ms', now, 'pid', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[5]))
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 return now
 """
 )
@@ -49,8 +54,25 @@ async def beat(client: Redis, node: str, pid: int) -> None:
     ttl_ms = int(HEARTBEAT_TTL * 1000)
     now_ms = int(time.time() * 1000)
     await client.eval(
-        HEARTBEAT_SCRIPT, 2, heartbeat_key(node), NODES_KEY, node, now_ms, ttl_ms, pid, SEEN_FOR_MS
+        HEARTBEAT_SCRIPT,
+        3,
+        heartbeat_key(node),
+        NODES_KEY,
+        LIVE_KEY,
+        node,
+        now_ms,
+        ttl_ms,
+        pid,
+        SEEN_FOR_MS,
     )
+
+
+async def leave(client: Redis, node: str) -> None:
+    """A node that stops is not asked to flush any more (its last heartbeat stays)."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.zrem(LIVE_KEY, node)
+        pipe.delete(heartbeat_key(node))
+        await pipe.execute()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,4 +105,4 @@ async def nodes_seen(client: Redis) -> list[NodeSeen]:
                 int(pid) if pid is not None else None,
             )
         )
-    return seen
+    return sorted(seen, key=lambda found: found.node)

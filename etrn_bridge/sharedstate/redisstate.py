@@ -51,12 +51,12 @@ from etrn_bridge.sharedstate.fanout import (
 from etrn_bridge.sharedstate.local import LocalState
 from etrn_bridge.sharedstate.nodes import (
     HEARTBEAT_INTERVAL,
-    HEARTBEAT_TTL,
     KEY_PREFIX,
-    NODES_KEY,
+    LIVE_KEY,
     NOW_MS,
     beat,
     flush_channel,
+    leave,
 )
 from etrn_bridge.sharedstate.settings import ON_FAILURE_TEMPFAIL, ClusterSettings
 from etrn_bridge.target import Target, TargetError, parse_target
@@ -82,21 +82,21 @@ return 1
 # expires, so a node that dies holding one does not keep it) and, with it,
 # publish the flush request to every live node and this one. Returns
 # {node, receivers, node, receivers, ...}, or false when no slot is free.
-# KEYS slots, nodes; ARGV holder, max slots, slot lease ms, heartbeat ttl ms,
-# request, channel prefix, this node.
+# KEYS slots, live nodes; ARGV holder, max slots, slot lease ms, request,
+# channel prefix, this node.
 LAUNCH = """
 local function launch(slots, nodes_key, a)
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
   if redis.call('ZCARD', slots) >= tonumber(a[2]) then return false end
   redis.call('ZADD', slots, now + tonumber(a[3]), a[1])
-  local nodes = redis.call('ZRANGEBYSCORE', nodes_key, now - tonumber(a[4]), '+inf')
+  local nodes = redis.call('ZRANGEBYSCORE', nodes_key, now, '+inf')
   local listed = false
-  for _, node in ipairs(nodes) do if node == a[7] then listed = true end end
-  if not listed then table.insert(nodes, a[7]) end
+  for _, node in ipairs(nodes) do if node == a[6] then listed = true end end
+  if not listed then table.insert(nodes, a[6]) end
   local out = {}
   for _, node in ipairs(nodes) do
     table.insert(out, node)
-    table.insert(out, redis.call('PUBLISH', a[6] .. node, a[5]))
+    table.insert(out, redis.call('PUBLISH', a[5] .. node, a[4]))
   end
   return out
 end
@@ -110,7 +110,7 @@ if out then return out end
 return 0
 """
 )
-# KEYS run, recent, last, slots, nodes; ARGV the seven of LAUNCH, then the
+# KEYS run, recent, last, slots, live nodes; ARGV the six of LAUNCH, then the
 # lease ms, cool-down count and window ms. A flush running -> {running, its
 # id}; the cool-down full and a last result -> {recent, result}; else take the
 # lease and launch -> {lead, node, receivers, ...} or {queued} (no slot yet).
@@ -120,14 +120,14 @@ BEGIN_SCRIPT = (
     + """
 local running = redis.call('GET', KEYS[1])
 if running then return {'running', running} end
-if tonumber(ARGV[9]) > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[10]))
-  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[9]) then
+if tonumber(ARGV[8]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[9]))
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[8]) then
     local last = redis.call('GET', KEYS[3])
     if last then return {'recent', last} end
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[8])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[7])
 local out = launch(KEYS[4], KEYS[5], ARGV)
 if not out then return {'queued'} end
 table.insert(out, 1, 'lead')
@@ -217,6 +217,11 @@ class RedisState:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        if self._loops:
+            try:
+                await leave(self.client, self.node)
+            except self._errors as exc:  # its heartbeat expires anyway
+                self._unreachable_quietly(exc)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -291,7 +296,7 @@ class RedisState:
             self._reports[flush_id] = asyncio.Queue()
             try:
                 verdict, *value = await self._script("begin")(
-                    keys=[*_target_keys(target), SLOTS_KEY, NODES_KEY],
+                    keys=[*_target_keys(target), SLOTS_KEY, LIVE_KEY],
                     args=[
                         *launch,
                         _ms(2 * timeout + LEASE_MARGIN),
@@ -320,8 +325,7 @@ class RedisState:
             flush_id, str(target), self.node, session, self._reply_channel
         ).encode()
         slot_lease = _ms(2 * self.settings.fanout_timeout + LEASE_MARGIN)
-        ttl = _ms(HEARTBEAT_TTL)
-        return [flush_id, max_concurrent, slot_lease, ttl, request, flush_channel(""), self.node]
+        return [flush_id, max_concurrent, slot_lease, request, flush_channel(""), self.node]
 
     async def _await_result(
         self, flush_id: str, target: Target, timeout: float
@@ -350,7 +354,7 @@ class RedisState:
         deadline = time.monotonic() + self.settings.fanout_timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_INTERVAL)
-            published = await self._script("launch")(keys=[SLOTS_KEY, NODES_KEY], args=launch)
+            published = await self._script("launch")(keys=[SLOTS_KEY, LIVE_KEY], args=launch)
             if published:
                 return await self._lead(target, flush_id, cooldown, published)
         result = FlushResult(started=False, detail="no cluster flush slot free in time")

@@ -174,8 +174,12 @@ def test_node_killed_mid_flush_does_not_block_the_reply(cluster: Cluster) -> Non
     assert record["nodes_answered"] == ["mx1", "mx2"]
 
 
-def test_doctor_lists_the_nodes(cluster: Cluster) -> None:
+def test_a_stopped_node_leaves_at_once_and_doctor_still_shows_it(cluster: Cluster) -> None:
     cluster.start()
+    assert cluster.nodes[2].stop() == 0  # SIGTERM: a graceful stop
+    code, record = cluster.etrn(0)
+    assert code == 250
+    assert record["nodes_asked"] == ["mx1", "mx2"] and record["nodes_missing"] == []
     done = subprocess.run(
         [sys.executable, "-m", "etrn_bridge", "doctor", "-c", str(cluster.nodes[0].config_path)],
         capture_output=True,
@@ -183,9 +187,11 @@ def test_doctor_lists_the_nodes(cluster: Cluster) -> None:
         check=False,
         timeout=30,
     )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("ok") and "node " in line]
-    assert len(lines) == 3, done.stdout + done.stderr
-    assert all("heartbeat" in line and "clock skew" in line for line in lines), done.stdout
+    lines = [line for line in done.stdout.splitlines() if "cluster: node " in line]
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "advice"], done.stdout
+    assert [line.split()[3] for line in lines] == ["mx1:", "mx2:", "mx3:"]
+    assert "(this node)" in lines[0] and "gone (stopped" in lines[2]
+    assert all("last heartbeat" in line and "clock skew" in line for line in lines)
 
 
 def test_limits_hold_across_the_workers_of_one_node(
