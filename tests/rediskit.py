@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -40,22 +41,40 @@ def require_redis_server() -> str:
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    """``tls``: (certificate, key, CA) PEM files: TLS only, the URL is rediss://."""
+
+    def __init__(self, directory: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.program = require_redis_server()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _listen_options(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        cert, key, ca = self.tls
+        return [
+            "--port", "0",
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(ca),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     def start(self) -> RedisServer:
         argv = [
             self.program,
             "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            *self._listen_options(),
             "--dir", str(self.directory),
             "--save", "",
             "--appendonly", "no",
@@ -75,7 +94,11 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw:
+                conn = raw
+                if self.tls:
+                    context = ssl.create_default_context(cafile=str(self.tls[2]))
+                    conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 conn.sendall(b"PING\r\n")
                 return conn.recv(16).startswith(b"+PONG")
         except OSError:

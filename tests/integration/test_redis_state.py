@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+import trustme
 from rediskit import RedisSentinel, RedisServer, free_port
 
 from etrn_bridge.policy.coalesce import CoalescedResult
@@ -238,3 +239,27 @@ async def test_through_sentinel(redis_server: RedisServer, tmp_path: Path) -> No
     finally:
         await node.state.close()
         sentinel.stop()
+
+
+async def test_over_tls(tmp_path: Path) -> None:
+    """rediss://: the server's certificate is verified (here against a test CA)."""
+    ca = trustme.CA()
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = RedisServer(tmp_path / "redis", tls=(cert, key, ca_file)).start()
+    node = Node(server.url, "mx1")
+    untrusted = Node(server.url.partition("?")[0], "mx2")  # no CA: the system's
+    try:
+        await node.state.start(node.flush_for_peer)
+        ran = await node.run()
+        assert ran.audit["nodes_answered"] == ["mx1"] and len(node.flushed) == 1
+        assert await untrusted.state.admit("192.0.2.1", MINUTE)  # its own window...
+        assert not await untrusted.state.admit("192.0.2.1", MINUTE)
+        assert (await untrusted.run()).audit == {"cluster_fallback": "local"}  # ...not Redis
+    finally:
+        await node.state.close()
+        await untrusted.state.close()
+        server.stop()
