@@ -34,9 +34,15 @@ class Node:
     """One RedisState and the flushes it ran for the cluster."""
 
     def __init__(
-        self, url: str, name: str, flush_seconds: float = 0.0, on_failure: str = "local"
+        self,
+        url: str,
+        name: str,
+        flush_seconds: float = 0.0,
+        on_failure: str = "local",
+        fanout_timeout: float = 2.0,
     ) -> None:
-        self.state = RedisState(ClusterSettings(url, name, 2.0, on_failure), max_concurrent=4)
+        settings = ClusterSettings(url, name, fanout_timeout, on_failure)
+        self.state = RedisState(settings, max_concurrent=4)
         self.flushed: list[tuple[str, Mapping[str, object]]] = []
         self.local_flushes = 0
         self.flush_seconds = flush_seconds
@@ -138,6 +144,24 @@ async def test_max_concurrent_flushes_hold_across_nodes(
     assert all(r.result.started for r in results)
     assert len(one.flushed) == len(two.flushed) == 6
     assert max(one.most_active, two.most_active) == 1  # one target at a time, cluster-wide
+
+
+async def test_no_slot_free_within_fanout_timeout_is_a_failure(
+    nodes: StartNode, redis_server: RedisServer
+) -> None:
+    """max_concurrent_flushes 1: while mx1's fan-out holds the only slot, mx2 waits its
+    fanout_timeout (0.5 s) for it, then gives up (458), flushing nothing."""
+    one = await nodes("mx1", flush_seconds=5.0, fanout_timeout=3.0)
+    two = await nodes("mx2", fanout_timeout=0.5)
+    await wait_subscribed(redis_server.url, ["mx1", "mx2"])
+    first = asyncio.create_task(one.run(parse_target("a.example"), None, 1))
+    while not one.flushed:  # a.example's fan-out is out: it holds the slot
+        await asyncio.sleep(0.01)
+    second = await two.run(parse_target("b.example"), None, 1)
+    assert not second.result.started
+    assert second.result.detail == "no cluster flush slot free in time"
+    assert [target for target, _ in one.flushed + two.flushed] == ["a.example", "a.example"]
+    assert (await first).audit["nodes_missing"] == ["mx1"]  # still flushing at 3 s
 
 
 async def test_a_failed_flush_opens_no_cooldown(
