@@ -8,6 +8,8 @@ UTF-8 appear as ``\\xNN``. One record can therefore never become two lines.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -42,8 +44,14 @@ def timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def request_record(request: Request, outcome: Outcome, reply: str) -> dict[str, Any]:
-    """The audit record of one request and its outcome."""
+def request_record(
+    request: Request, outcome: Outcome, reply: str, *, client_gone: bool = False, cut: bool = False
+) -> dict[str, Any]:
+    """The audit record of one request and its outcome.
+
+    ``client_gone``: the client left before the answer (``reply`` was never sent);
+    ``cut``: the server stopped and cut the request before it ended.
+    """
     identity = request.identity
     target = outcome.target
     decision = outcome.decision
@@ -75,6 +83,8 @@ def request_record(request: Request, outcome: Outcome, reply: str) -> dict[str, 
         "queue_ids": list(flush.queue_ids) if flush and flush.queue_ids else None,
         "detail": flush.detail if flush and flush.detail else None,
         "duration_ms": round(outcome.duration * 1000, 3),
+        "client_gone": client_gone,
+        "cut": cut,
         **outcome.extra,
     }
 
@@ -130,20 +140,20 @@ class AuditLog:
         sock.connect(address or "/dev/log")
         return sock
 
-    def reply_and_record(self, request: Request, outcome: Outcome) -> str:
+    def reply_and_record(
+        self, request: Request, outcome: Outcome, *, client_gone: bool = False, cut: bool = False
+    ) -> str:
         """Write the record of a finished request and return its reply line."""
         reply = reply_for(outcome)
-        self.write(request_record(request, outcome, reply))
+        self.write(request_record(request, outcome, reply, client_gone=client_gone, cut=cut))
         return reply
 
     def write(self, record: Mapping[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
         with self._lock:
             if self._fd is not None:
-                # One write(2) per record on an O_APPEND descriptor: processes
-                # sharing the file (serve's workers, the CLI) never split a line.
                 try:
-                    os.write(self._fd, f"{line}\n".encode("ascii"))
+                    append_whole_line(self._fd, f"{line}\n".encode("ascii"))
                 except OSError as exc:
                     # A full disk must not cost the client its reply; the record
                     # goes to the log instead, so it is not lost.
@@ -173,6 +183,33 @@ class AuditLog:
             if self._syslog is not None:
                 self._syslog.close()
                 self._syslog = None
+
+
+def append_whole_line(fd: int, data: bytes) -> None:
+    """Append ``data`` (one line) whole, or leave the file as it was and raise OSError.
+
+    write(2) may write only part of a record when the disk fills up; the rest is
+    retried, and when that fails the part already written is cut off again, so
+    the file only ever holds whole lines. The exclusive lock keeps the other
+    processes appending to the file (serve's workers, the CLI) out of the way
+    between the write and that cut.
+    """
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        written = 0
+        try:
+            while written < len(data):
+                count = os.write(fd, data[written:])
+                if count == 0:  # no progress: treat like a full disk
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += count
+        except OSError:
+            if written:
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _send_syslog(sock: socket.socket, line: str) -> None:

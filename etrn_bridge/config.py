@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from etrn_bridge import defaults
+from etrn_bridge.admission import ConnectionSettings
 from etrn_bridge.backends.base import BackendOptionError, create_backend
 from etrn_bridge.policy.compile import PolicyProblem, compile_policy
 from etrn_bridge.policy.limits import LimitSettings, parse_limits
@@ -91,6 +92,7 @@ class Config:
     limits: LimitSettings
     audit: AuditSettings = field(default_factory=AuditSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
+    connections: ConnectionSettings = field(default_factory=ConnectionSettings)
     tls: TlsSettings | None = None
     auth: AuthSettings | None = None
     user: str | None = None  # drop to this user after binding the ports
@@ -240,6 +242,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
             syslog_address=audit_data.get("syslog_address", defaults.SYSLOG_ADDRESS),
         ),
         session=SessionSettings(**data.get("session", {})),
+        connections=ConnectionSettings.from_section(data.get("connections", {})),
         tls=TlsSettings(
             cert=base_dir / tls_data["cert"],
             key=base_dir / tls_data["key"],

@@ -81,3 +81,7 @@ IDLE_TIMEOUT = "421 4.4.2 {host} Idle timeout, closing connection"
 TOO_MANY_ETRN = "421 4.7.0 {host} Too many ETRN commands, closing connection"
 TOO_MANY_BAD_COMMANDS = "421 4.7.0 {host} Too many bad commands, closing connection"
 SHUTTING_DOWN = "421 4.3.2 {host} Service shutting down, closing connection"
+# Connection caps (the connections: section), refused before the greeting or mid-session.
+TOO_MANY_SESSIONS = "421 4.7.0 {host} Too many connections, try again later"
+SESSION_TIME_LIMIT = "421 4.7.0 {host} Session time limit reached, closing connection"
+AUTH_THROTTLED = "421 4.7.0 {host} Too many failed authentications, try again later"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from etrn_bridge import defaults
+from etrn_bridge.admission import CONNECTIONS_SCHEMA
 from etrn_bridge.backends.base import registered_backends
 from etrn_bridge.policy.schema import LIMITS_SCHEMA, POLICY_SCHEMA
 from etrn_bridge.sharedstate.settings import CLUSTER_SCHEMA
@@ -173,6 +174,7 @@ def config_schema() -> dict[str, Any]:
                     },
                 },
             },
+            "connections": CONNECTIONS_SCHEMA,
             "limits": LIMITS_SCHEMA,
             "policy": POLICY_SCHEMA,
             "cluster": CLUSTER_SCHEMA,

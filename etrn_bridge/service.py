@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from etrn_bridge.audit import AuditLog, flush_record, timestamp
-from etrn_bridge.backends.base import Backend, create_backend
+from etrn_bridge.backends.base import Backend, create_backend, flush_timeout
 from etrn_bridge.config import Config, ConfigError, load_config
 from etrn_bridge.policy.index import client_address
 from etrn_bridge.policy.limits import LimitSettings
@@ -74,8 +75,11 @@ class Service:
         self.rdns = rdns or ForwardConfirmedRdns()
         # Per-client limits, coalescing and flush slots: this process's, or a cluster's.
         self.shared = shared or LocalState(settings.max_concurrent_flushes)
-        # Flushes that go on after the reply (Exim), awaited so their end is audited.
-        self._completions: set[asyncio.Task[None]] = set()
+        # Requests being worked on; records of those whose caller left; flushes
+        # that go on after the reply (Exim). drain() awaits them all.
+        self._requests: set[asyncio.Future[Outcome]] = set()
+        self._followers: set[asyncio.Future[None]] = set()
+        self._completions: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_config(
@@ -110,6 +114,26 @@ class Service:
         return await self.handle_with(self._state, request)
 
     async def handle_with(self, state: PolicyState, request: Request) -> Outcome:
+        """Handle one request; its audit record is written exactly once, whatever
+        happens to the caller.
+
+        The work runs in a task of its own, shielded from the caller: when the
+        caller is cancelled (the client closed its connection, the session was
+        cut) a flush that started goes on, and its record is written when it
+        ends, marked ``client_gone``. Only the caller's return means the front
+        end got the outcome to answer with.
+        """
+        work = asyncio.ensure_future(self._outcome(state, request))
+        self._track(work, self._requests)
+        try:
+            outcome = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self._track(self._audit_when_done(work, request), self._followers)
+            raise
+        self._record(request, outcome)
+        return outcome
+
+    async def _outcome(self, state: PolicyState, request: Request) -> Outcome:
         started = time.monotonic()
         parsed = _parse(request)
         if isinstance(parsed, Outcome):
@@ -120,10 +144,26 @@ class Service:
             except Exception as exc:  # a bug costs this request a 458, and is audited
                 log.exception("session=%s: internal error", request.session_id)
                 outcome = Outcome(Status.FAILED, parsed, reason=f"internal error: {exc!r}")
-        outcome = replace(outcome, duration=time.monotonic() - started)
-        reply = self.audit.reply_and_record(request, outcome)
+        return replace(outcome, duration=time.monotonic() - started)
+
+    async def _audit_when_done(self, work: asyncio.Future[Outcome], request: Request) -> None:
+        """The record of a request whose caller left: written when its work ends."""
+        try:
+            outcome = await work
+        except asyncio.CancelledError:  # cut by drain(): the server is stopping
+            parsed = _parse(request)
+            target = parsed if isinstance(parsed, Target) else None
+            outcome = Outcome(Status.FAILED, target, reason="cut: the server stopped")
+            self._record(request, outcome, client_gone=True, cut=True)
+            return
+        self._record(request, outcome, client_gone=True)
+
+    def _record(
+        self, request: Request, outcome: Outcome, *, client_gone: bool = False, cut: bool = False
+    ) -> None:
+        reply = self.audit.reply_and_record(request, outcome, client_gone=client_gone, cut=cut)
         log.info(
-            "etrn session=%s client=%s target=%s status=%s rule=%s coalesced=%s reply=%s",
+            "etrn session=%s client=%s target=%s status=%s rule=%s coalesced=%s reply=%s%s",
             request.session_id,
             request.identity.address,
             outcome.target or "-",
@@ -131,11 +171,16 @@ class Service:
             outcome.decision.rule if outcome.decision else "-",
             outcome.coalesced,
             reply[:3],
+            " cut" if cut else " client_gone" if client_gone else "",
         )
         flush, target, backend = outcome.flush, outcome.target, outcome.backend
         if flush is not None and flush.completion is not None and target and backend:
             self._follow_completion(request.session_id, target, backend, flush.completion)
-        return outcome
+
+    def _track(self, task: Awaitable[None] | asyncio.Future[Outcome], into: set[Any]) -> None:
+        future = asyncio.ensure_future(task)
+        into.add(future)
+        future.add_done_callback(into.discard)
 
     async def _decide_and_flush(
         self, state: PolicyState, request: Request, target: Target
@@ -255,15 +300,35 @@ class Service:
                 flush_record("flush_completed", target, backend, final, session=session_id)
             )
 
-        task = asyncio.get_running_loop().create_task(audit_end())
-        self._completions.add(task)
-        task.add_done_callback(self._completions.discard)
+        self._track(audit_end(), self._completions)
 
-    async def drain(self) -> None:
-        """Wait for flushes still running after their reply (graceful stop)."""
+    async def drain(
+        self, timeout: float | None = None, cut_now: asyncio.Event | None = None
+    ) -> None:
+        """Graceful stop: wait for the requests still being worked on, at most
+        ``timeout`` seconds (default: the backend's own timeout, after which it
+        kills its program anyway) or until ``cut_now`` is set; cut what is left
+        (audited as cut); then wait for every record and for flushes still
+        running after their reply (Exim)."""
+        if self._requests:
+            waits: set[asyncio.Future[Any]] = {
+                asyncio.ensure_future(asyncio.wait(set(self._requests)))
+            }
+            if cut_now is not None:
+                waits.add(asyncio.ensure_future(cut_now.wait()))
+            limit = flush_timeout(self.backend) if timeout is None else timeout
+            await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+            for work in self._requests:
+                work.cancel()
         await self.shared.close()  # stops taking other nodes' requests, ends those taken
-        if self._completions:
-            await asyncio.gather(*self._completions, return_exceptions=True)
+        # A cut request's caller reacts a loop turn later (and adds its record's task).
+        while self._requests or self._followers or self._completions:
+            await asyncio.gather(
+                *self._requests, *self._followers, *self._completions, return_exceptions=True
+            )
+            await asyncio.sleep(0)
 
 
 async def _flush(backend: Backend, target: Target) -> FlushResult:

@@ -32,8 +32,12 @@ OPTION_QUEUE = "#"
 # at either end. A-labels (xn--) fit this too.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _QUEUE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_QUEUE_NAME_LENGTH - 1}}}\Z")
-# RFC 5321 §4.1.3 address literals.
+# RFC 5321 §4.1.3 address literals: IPv4 is digits and dots, IPv6 hex digits,
+# colons and (for the IPv4-mapped forms) dots. Nothing else, so no zone id
+# ("%eth0", which ``ipaddress`` accepts) or other text can ride along.
 _IPV6_TAG = "ipv6:"
+_IPV4_LITERAL_CHARS = re.compile(r"[0-9.]+\Z")
+_IPV6_LITERAL_CHARS = re.compile(r"[0-9A-Fa-f:.]+\Z")
 
 
 class TargetKind(enum.Enum):
@@ -156,8 +160,13 @@ def parse_address_literal(text: str) -> str:
     inner = text[1:-1]
     try:
         if inner.lower().startswith(_IPV6_TAG):
-            v6 = ipaddress.IPv6Address(inner[len(_IPV6_TAG) :])
+            address = inner[len(_IPV6_TAG) :]
+            if not _IPV6_LITERAL_CHARS.match(address):
+                raise ValueError(address)
+            v6 = ipaddress.IPv6Address(address)
             return f"[IPv6:{v6.compressed}]"
+        if not _IPV4_LITERAL_CHARS.match(inner):
+            raise ValueError(inner)
         v4 = ipaddress.IPv4Address(inner)
     except ValueError:
         raise TargetError("address literal is not an IPv4 or IPv6 address") from None

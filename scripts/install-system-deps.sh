@@ -2,9 +2,11 @@
 # Debian packages the test suite uses as real third-party peers (root only).
 #   perl + Net::SMTP: a real client's ETRN; fetchmail: its "proto ETRN" mode;
 #   sudo: the unprivileged bridge's command_prefix; groff-base: renders the man page;
+#   iproute2: ss shows the listen backlog; util-linux, mount: prlimit and a small tmpfs
+#   (fd exhaustion, a full disk);
 #   redis-server: the cluster tests start their own instance (never the system service).
 set -euo pipefail
-PACKAGES=(perl fetchmail sudo groff-base redis-server)
+PACKAGES=(perl fetchmail sudo groff-base iproute2 util-linux mount redis-server)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -22,6 +22,9 @@ from etrn_bridge.request import FlushResult
 from etrn_bridge.target import Target
 
 ENTRY_POINT_GROUP = "etrn_bridge.backends"
+# How long a flush may run when its backend names no ``timeout`` (the command
+# and MTA backends' default): a graceful stop waits this long for it.
+DEFAULT_FLUSH_TIMEOUT = 30.0
 
 
 class BackendOptionError(ValueError):
@@ -73,6 +76,20 @@ def backend_factory(type_name: str) -> BackendFactory:
         return factory
     known = ", ".join(sorted(registered_backends()))
     raise BackendOptionError("type", f"unknown backend type {type_name!r} (known: {known})")
+
+
+def flush_timeout(backend: Backend) -> float:
+    """Seconds after which the backend gives up on a flush (it kills its program)."""
+    timeout = getattr(backend, "timeout", None)
+    return float(timeout) if isinstance(timeout, int | float) else DEFAULT_FLUSH_TIMEOUT
+
+
+def installation_problems(backend: Backend) -> list[str]:
+    """What stops ``backend`` from working on this machine (e.g. its program is
+    missing); empty when nothing is known to be wrong. ``check`` and ``doctor``
+    report these. A backend opts in with an ``installation_problems()`` method."""
+    method = getattr(backend, "installation_problems", None)
+    return [str(problem) for problem in method()] if callable(method) else []
 
 
 def create_backend(section: Mapping[str, Any]) -> Backend:

@@ -7,6 +7,7 @@ might split or interpret. There is no shell anywhere.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
@@ -74,6 +75,15 @@ class CommandBackend:
         if unknown:
             raise BackendOptionError(sorted(unknown)[0], "unknown option of the command backend")
         return cls(argv, float(timeout))
+
+    def installation_problems(self) -> list[str]:
+        """The program must exist and be executable, or every allowed ETRN gets 458."""
+        program = self.argv[0]
+        if not os.path.isfile(program):
+            return [f"argv[0]: {program} does not exist (or is not a file)"]
+        if not os.access(program, os.X_OK):
+            return [f"argv[0]: {program} is not executable"]
+        return []
 
     def command_for(self, target: Target) -> list[str]:
         return [

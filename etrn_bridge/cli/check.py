@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from etrn_bridge.backends.base import create_backend, installation_problems
 from etrn_bridge.cli.configfile import add_config_argument
 from etrn_bridge.config import Config, ConfigError, load_config
 from etrn_bridge.sharedstate.settings import ClusterSettings, redacted
@@ -21,13 +22,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem)
-        count = len(exc.problems)
-        print(f"{args.config}: {count} error{'s' if count != 1 else ''}")
-        return 1
+        return report_errors(args.config, [str(problem) for problem in exc.problems])
+    # The file is valid; can its backend run on this machine?
+    problems = installation_problems(create_backend(config.backend))
+    if problems:
+        return report_errors(args.config, [f"{args.config}: backend.{p}" for p in problems])
     print(summary(config))
     return 0
+
+
+def report_errors(path: str, messages: list[str]) -> int:
+    for message in messages:
+        print(message)
+    count = len(messages)
+    print(f"{path}: {count} error{'s' if count != 1 else ''}")
+    return 1
 
 
 def summary(config: Config) -> str:

@@ -13,7 +13,7 @@ import os
 import pwd
 from collections.abc import Sequence
 
-from etrn_bridge.backends.base import create_backend
+from etrn_bridge.backends.base import create_backend, installation_problems
 from etrn_bridge.backends.mta import Finding, Level, MtaBackend
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config
@@ -125,8 +125,14 @@ def run(args: argparse.Namespace) -> int:
         cluster_ready = all(finding.level is not Level.FIX for finding in findings)
     backend = create_backend(config.backend)  # the loader has validated its options
     if not isinstance(backend, MtaBackend):
-        print(f"ok     backend {backend.name!r} runs no MTA program: nothing to check")
-        return 0 if cluster_ready else 1
+        problems = installation_problems(backend)
+        for message in problems:
+            print(f"{MARKS[Level.FIX]} backend {backend.name!r}: {message}")
+        if problems or not cluster_ready:
+            print("NOT ready: change the FIX lines above")
+            return 1
+        print(f"ok     backend {backend.name!r} runs no MTA program: nothing more to check")
+        return 0
     ready = asyncio.run(diagnose(config, backend))
     return 0 if ready == 0 and cluster_ready else 1
 

@@ -29,7 +29,9 @@ from etrn_bridge.frontends.passwords import PasswordFileError
 from etrn_bridge.frontends.sockets import bind_listeners, bound_name
 from etrn_bridge.service import Service
 
-# Seconds an ETRN in progress may take to answer after SIGTERM before its session is cut.
+# Seconds an ETRN in progress may take to answer after SIGTERM before its session is
+# cut. Its flush goes on after that, up to the backend's timeout, and is audited; a
+# second SIGTERM/SIGINT cuts everything at once (audited as cut).
 SHUTDOWN_GRACE = 10.0
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -158,7 +160,7 @@ def on_sighup(runtime: Runtime) -> None:
 
 async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
     try:
-        stop = install_signal_handlers(runtime)
+        stop, cut_now = install_signal_handlers(runtime)
         # A supervising parent forks with these blocked, so none is lost (or kills
         # the worker by default action) before the handlers above exist.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED_SIGNALS)
@@ -168,22 +170,27 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         log.info(READY_MESSAGE, " ".join(bound_name(sock) for sock in sockets))
         await stop.wait()
         log.info("stopping: closing sessions, waiting for flushes still running")
-        await runtime.listener.stop(SHUTDOWN_GRACE)
-        await runtime.service.drain()
+        await runtime.listener.stop(SHUTDOWN_GRACE, cut_now)
+        await runtime.service.drain(cut_now=cut_now)
     finally:
         runtime.audit.close()
     log.info("stopped")
     return EXIT_OK
 
 
-def install_signal_handlers(runtime: Runtime) -> asyncio.Event:
-    """SIGTERM/SIGINT set the returned event; SIGHUP calls :func:`on_sighup`."""
+def install_signal_handlers(runtime: Runtime) -> tuple[asyncio.Event, asyncio.Event]:
+    """SIGTERM/SIGINT set the first event (stop), a second one the second (cut
+    what still runs); SIGHUP calls :func:`on_sighup`."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, cut_now = asyncio.Event(), asyncio.Event()
+
+    def on_stop_signal() -> None:
+        (cut_now if stop.is_set() else stop).set()
+
     for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, on_sighup, runtime)
-    return stop
+    return stop, cut_now
 
 
 # Worker processes ----------------------------------------------------------------

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
+import functools
 import itertools
 import logging
+import resource
 import secrets
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, syntax
 
 from etrn_bridge import defaults, replies
+from etrn_bridge.admission import Admission
 from etrn_bridge.config import Config, ListenAddress
 from etrn_bridge.frontends.passwords import PasswordFile
+from etrn_bridge.frontends.sockets import start_accepting
 from etrn_bridge.frontends.tlsinfo import peer_fingerprint, server_context
 from etrn_bridge.request import Identity, Request
 from etrn_bridge.service import Service
@@ -34,10 +38,11 @@ FRONTEND = "listener"
 # RFC 5321 §4.5.3.1.4 counts the CRLF in the 512-octet command line; aiosmtpd
 # measures the line without it.
 CRLF_LENGTH = 2
-ETRN_VERB = "ETRN "
+# File descriptors besides sessions: listening sockets, the audit file, syslog,
+# and three pipes per running flush.
+FD_RESERVE = 64
 # aiosmtpd's own fixed replies, given RFC 3463 enhanced codes like ours.
 _AIOSMTPD_REPLIES = {
-    "500 Command line too long": replies.LINE_TOO_LONG,
     "500 Error: bad syntax": replies.UNRECOGNIZED,
 }
 
@@ -47,19 +52,23 @@ Command = Callable[[str | None], Awaitable[None]]
 
 
 class _CommandTable(dict[str, Command]):
-    """aiosmtpd's verb -> method table, with our reply for verbs it does not know.
+    """aiosmtpd's verb -> method table, with our reply for verbs it does not know
+    and for over-long lines.
 
     aiosmtpd answers unknown verbs itself, echoing them back and closing after
     a fixed five; routing them here keeps one reply text and one bad-command
-    limit for every kind of error.
+    limit for every kind of error. An over-long ETRN still reaches smtp_ETRN,
+    to be refused and audited by the service.
     """
 
-    def __init__(self, methods: dict[str, Command], unrecognized: Command) -> None:
+    def __init__(self, methods: dict[str, Command], session: EtrnSession) -> None:
         super().__init__(methods)
-        self._unrecognized = unrecognized
+        self._session = session
 
     def get(self, key: str, default: Command | None = None) -> Command:  # type: ignore[override]
-        return super().get(key) or self._unrecognized
+        if self._session.line_too_long and key != "ETRN":
+            return self._session.refuse_long_line
+        return super().get(key) or self._session.unrecognized
 
 
 def _defer_verification(
@@ -92,14 +101,14 @@ class EtrnSession(SMTP):
             auth_exclude_mechanism=() if listener.passwords else ("PLAIN", "LOGIN"),
             loop=asyncio.get_running_loop(),
         )
-        command_limit = settings.max_line_length - CRLF_LENGTH
-        self.command_size_limit = command_limit
-        self.command_size_limits = collections.defaultdict(lambda: command_limit)
-        # An over-long ETRN still reaches smtp_ETRN, to be refused and audited there
-        # (after EHLO: aiosmtpd applies one limit to every command of a HELO session).
-        self.command_size_limits["ETRN"] = self.line_length_limit
-        self.etrn_argument_limit = command_limit - len(ETRN_VERB)
-        self._smtp_methods = _CommandTable(self._smtp_methods, self._unrecognized)
+        # Line length is judged in _read_command_line, the same way in every session
+        # state (aiosmtpd's own check applies one limit before EHLO and after HELO
+        # and per-verb ones after EHLO): turn aiosmtpd's off.
+        self.command_size_limit = self.line_length_limit
+        self.command_size_limits = collections.defaultdict(lambda: self.line_length_limit)
+        self.command_limit = settings.max_line_length - CRLF_LENGTH
+        self.line_too_long = False  # the line being handled is over command_limit
+        self._smtp_methods = _CommandTable(self._smtp_methods, self)
         self.listener = listener
         # The policy in force when the client connected serves the whole session.
         self.policy = listener.service.session()
@@ -107,10 +116,13 @@ class EtrnSession(SMTP):
         self.started = time.monotonic()
         self.etrn_count = 0
         self.bad_commands = 0
-        self.busy = False  # inside an ETRN: shutdown waits for its reply
+        self.busy = False  # inside an ETRN: a close decided meanwhile waits for its reply
+        self.close_after_reply: tuple[str, str] | None = None  # (421 reply, reason)
         self.closed_because = "quit"
         self.tls_fingerprint: str | None = None
         self._peer = ListenAddress("-", 0)  # the client, known in connection_made
+        self.admitted = False  # counted by the listener's Admission
+        self._time_limit: asyncio.TimerHandle | None = None
 
     def __dir__(self) -> Iterable[str]:
         # aiosmtpd's __init__ runs inspect.getmembers(self) and dir(self) on every
@@ -122,17 +134,85 @@ class EtrnSession(SMTP):
     # Connection life cycle ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None:  # not the STARTTLS re-entry
+        first = self.transport is None  # not the STARTTLS re-entry
+        if first:
             host, port = transport.get_extra_info("peername")[:2]
             self._peer = ListenAddress(host, port)
             self.listener.sessions.add(self)
             self.closed_because = "client"
         super().connection_made(transport)
+        if not first:
+            return
+        self.admitted = self.listener.admission.admit(self._peer.host)
+        if not self.admitted:
+            # Before the greeting: the session task is cancelled before it runs.
+            self.close_with(replies.TOO_MANY_SESSIONS, "too many sessions")
+            return
+        self._time_limit = self.loop.call_later(
+            self.listener.config.connections.max_session_time,
+            self.close_when_idle,
+            replies.SESSION_TIME_LIMIT,
+            "session time limit",
+        )
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
+        if self._time_limit is not None:
+            self._time_limit.cancel()
+        if self.admitted:
+            self.admitted = False
+            self.listener.admission.release(self._peer.host)
         self.listener.session_ended(self)
         self._log_end()
+
+    def _cb_client_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        super()._cb_client_connected(reader, writer)
+        # aiosmtpd's read loop (_handle_client, aiosmtpd 1.4) takes every command
+        # line from reader.readuntil(); this is our one hook into that loop.
+        reader.readuntil = functools.partial(  # type: ignore[method-assign]
+            self._read_command_line, reader.readuntil
+        )
+
+    async def _read_command_line(
+        self, read_line: Callable[[bytes], Awaitable[bytes]], separator: bytes = b"\n"
+    ) -> bytes:
+        """The next command line for aiosmtpd's loop, and whether it is over-long.
+
+        Nothing after a decision to close (QUIT, a 421) is parsed: that decision
+        cancels this task, but a line already buffered would be returned without
+        a pause to deliver the cancellation, and run. A line longer than the
+        reader's buffer is discarded up to its end and handed on cut short (its
+        verb is all that matters), marked too long, so an over-long ETRN is
+        still refused and audited like any other.
+        """
+        if self._closing():
+            raise asyncio.CancelledError
+        try:
+            line = await read_line(separator)
+            self.line_too_long = len(line.rstrip(b"\r\n")) > self.command_limit
+        except asyncio.LimitOverrunError as overrun:
+            line = await self._reader.read(overrun.consumed)
+            await self._discard_to_end_of_line(read_line, separator)
+            self.line_too_long = True
+            line = line[: self.command_limit] + b"\r\n"
+        if self._closing():
+            raise asyncio.CancelledError
+        return line
+
+    async def _discard_to_end_of_line(
+        self, read_line: Callable[[bytes], Awaitable[bytes]], separator: bytes
+    ) -> None:
+        while True:
+            try:
+                await read_line(separator)
+                return
+            except asyncio.LimitOverrunError as overrun:
+                await self._reader.read(overrun.consumed)
+
+    def _closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def _log_end(self) -> None:
         log.info(
@@ -153,20 +233,38 @@ class EtrnSession(SMTP):
         if self.transport is None or self.transport.is_closing():
             return
         self.closed_because = reason
-        self._writer.write(reply.format(host=self.hostname).encode("ascii") + b"\r\n")
+        self._say(reply)
         self.transport.close()  # sends what is buffered, then closes
         if self._handler_coroutine is not None:
             self._handler_coroutine.cancel()
+
+    def cut_off(self) -> None:
+        """Server stopping now: say so and drop the connection, whatever it was doing
+        (its ETRN's flush goes on in the service, or is cut and audited there)."""
+        if self.transport is None:
+            return
+        self.closed_because = "shutdown, cut"
+        self._say(replies.SHUTTING_DOWN)  # sent at once unless the client stopped reading
+        cast(asyncio.Transport, self.transport).abort()
+
+    def _say(self, reply: str) -> None:
+        self._writer.write(reply.format(host=self.hostname).encode("ascii") + b"\r\n")
 
     def _timeout_cb(self) -> None:
         # aiosmtpd just drops the connection; RFC 5321 §4.5.3.2.7 lets us close, and
         # a 421 tells the client why.
         self.close_with(replies.IDLE_TIMEOUT, "idle timeout")
 
+    def close_when_idle(self, reply: str, reason: str) -> None:
+        """Close now, or right after the reply of the ETRN in progress."""
+        if self.busy:
+            self.close_after_reply = self.close_after_reply or (reply, reason)
+        else:
+            self.close_with(reply, reason)
+
     def shutdown(self) -> None:
         """Server stopping: close now, or right after the ETRN in progress."""
-        if not self.busy:
-            self.close_with(replies.SHUTTING_DOWN, "shutdown")
+        self.close_when_idle(replies.SHUTTING_DOWN, "shutdown")
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
@@ -207,7 +305,8 @@ class EtrnSession(SMTP):
     async def smtp_ETRN(self, argument: str | None) -> None:
         # No "ETRN inside a mail transaction" (503) case: MAIL is never accepted.
         session = self._smtp_session()
-        if not session.host_name:
+        # An over-long line is refused (501, audited) in every state, HELO or not.
+        if not session.host_name and not self.line_too_long:
             await self.push(replies.HELO_FIRST)
             return
         self.etrn_count += 1
@@ -226,8 +325,7 @@ class EtrnSession(SMTP):
             argument=argument or "",  # "" reaches the service: 500, audited
             session_id=self.session_id,
             frontend=FRONTEND,
-            too_long=len((argument or "").encode("utf-8", "surrogateescape"))
-            > self.etrn_argument_limit,
+            too_long=self.line_too_long,
         )
         # The idle timer measures the client, not a slow flush.
         if self._timeout_handle is not None:
@@ -239,8 +337,8 @@ class EtrnSession(SMTP):
             self.busy = False
         self._reset_timeout()
         await self.push(replies.reply_for(outcome))
-        if self.listener.stopping:
-            self.close_with(replies.SHUTTING_DOWN, "shutdown")
+        if self.close_after_reply is not None:
+            self.close_with(*self.close_after_reply)
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         if self._tls_protocol is not None:
@@ -253,6 +351,9 @@ class EtrnSession(SMTP):
     async def smtp_AUTH(self, arg: str | None) -> None:
         if self.listener.passwords is None:
             await self.push(replies.ONLY_ETRN)
+            return
+        if self.listener.admission.auth_blocked(self._peer.host):
+            self.close_with(replies.AUTH_THROTTLED, "too many AUTH failures")
             return
         await super().smtp_AUTH(arg)
 
@@ -267,22 +368,30 @@ class EtrnSession(SMTP):
         passwords = self.listener.passwords
         if not isinstance(credentials, LoginPassword) or passwords is None:
             return parsed  # malformed exchange: aiosmtpd has replied already
+        client = self._peer.host
+        if self.listener.admission.auth_blocked(client):  # others failed meanwhile
+            self.close_with(replies.AUTH_THROTTLED, "too many AUTH failures")
+            return AuthResult(success=False, handled=True)
         user = await self.loop.run_in_executor(
-            None, passwords.verify, credentials.login, credentials.password
+            self.listener.password_checks, passwords.verify, credentials.login, credentials.password
         )
         if user is None:
+            self.listener.admission.auth_failed(client)
             return AuthResult(success=False, handled=False)  # 535 5.7.8
         return AuthResult(success=True, auth_data=user)
 
     async def _refuse(self, arg: str | None) -> None:
         await self.push(replies.ONLY_ETRN)
 
+    async def refuse_long_line(self, arg: str | None) -> None:
+        await self.push(replies.LINE_TOO_LONG)
+
     # Commands of SMTP proper (RFC 5321 §4.1, RFC 3030 BDAT, RFC 2645 ATRN) that this
     # service recognizes and refuses: it flushes queues, it takes no mail.
     smtp_MAIL = smtp_RCPT = smtp_DATA = smtp_BDAT = _refuse
     smtp_VRFY = smtp_EXPN = smtp_TURN = smtp_ATRN = _refuse
 
-    async def _unrecognized(self, arg: str | None) -> None:
+    async def unrecognized(self, arg: str | None) -> None:
         await self.push(replies.UNRECOGNIZED)
 
     def _auth_user(self) -> str | None:
@@ -317,9 +426,15 @@ class Listener:
         self.passwords = passwords
         self.tls_context = tls_context
         self.sessions: set[EtrnSession] = set()
+        self.admission = Admission(config.connections)
+        # Password hashes cost ~32 MiB each while checked: a few at a time.
+        self.password_checks = ThreadPoolExecutor(
+            config.connections.max_password_checks, thread_name_prefix="password-check"
+        )
         self.stopping = False
         self._all_ended = asyncio.Event()
-        self._servers: list[asyncio.Server] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        self._sockets: list[socket.socket] = []
         # Short ids, unique per process; the random prefix tells processes and
         # restarts apart in the audit. Drawn in serve(), in the serving process:
         # serve's workers are forked after this object is built.
@@ -343,22 +458,43 @@ class Listener:
 
     async def serve(self, sockets: Iterable[socket.socket]) -> None:
         self._id_prefix = secrets.token_hex(3)
-        loop = asyncio.get_running_loop()
+        self._check_fd_limit()
+        backlog = self.config.connections.listen_backlog
         for sock in sockets:
-            server = await loop.create_server(lambda: EtrnSession(self), sock=sock)
-            self._servers.append(server)
+            self._sockets.append(sock)
+            self._accepting.append(start_accepting(sock, backlog, lambda: EtrnSession(self)))
 
-    async def stop(self, grace: float) -> None:
-        """Stop accepting; let ETRNs in progress answer (at most ``grace`` s); close the rest."""
+    def _check_fd_limit(self) -> None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = self.config.connections.max_sessions + FD_RESERVE
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            log.warning(
+                "open files limit %d is below connections.max_sessions + %d = %d: "
+                "raise it (LimitNOFILE=) or lower max_sessions",
+                soft,
+                FD_RESERVE,
+                wanted,
+            )
+
+    async def stop(self, grace: float, cut_now: asyncio.Event | None = None) -> None:
+        """Stop accepting; let ETRNs in progress answer (at most ``grace`` s, or until
+        ``cut_now`` is set); close the rest. Their flushes go on: ``Service.drain``."""
         self.stopping = True
-        for server in self._servers:
-            server.close()
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        for sock in self._sockets:
+            sock.close()
+        self.password_checks.shutdown(wait=False, cancel_futures=True)
         if not self.sessions:
             return
         for session in list(self.sessions):
             session.shutdown()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._all_ended.wait(), grace)
+        waits = {asyncio.ensure_future(self._all_ended.wait())}
+        if cut_now is not None:
+            waits.add(asyncio.ensure_future(cut_now.wait()))
+        await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
         for session in list(self.sessions):
-            if session.transport is not None:
-                cast(asyncio.Transport, session.transport).abort()
+            session.cut_off()

@@ -1,15 +1,29 @@
-"""Listening sockets, bound before privileges are dropped (so port 25 needs no root later)."""
+"""Listening sockets, bound before privileges are dropped (so port 25 needs no root
+later), and the loop that accepts connections on them."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
+from etrn_bridge.admission import DEFAULT_LISTEN_BACKLOG
 from etrn_bridge.config import ListenAddress
 
-# Pending connections the kernel queues per socket (Postfix's default is 100;
-# short ETRN sessions arrive in bursts, so allow more).
-LISTEN_BACKLOG = 1024
+# accept(2) failures that mean "out of resources" (file descriptors, memory):
+# the connection stays queued in the backlog and is taken once some are free.
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# A connection that failed before it was accepted: take the next one.
+LOST_CONNECTION_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+# Seconds accepting pauses after such a failure (asyncio's ACCEPT_RETRY_DELAY).
+ACCEPT_PAUSE = 1.0
+# At most one log line per this many seconds about them, with a count.
+ACCEPT_ERROR_LOG_INTERVAL = 60.0
+
+log = logging.getLogger("etrn_bridge.listener")
 
 
 def bind_listeners(
@@ -40,7 +54,7 @@ def bind_listeners(
                     raise OSError(
                         exc.errno, f"cannot listen on {address}: {exc.strerror}"
                     ) from None
-                sock.listen(LISTEN_BACKLOG)
+                sock.listen(DEFAULT_LISTEN_BACKLOG)
                 sock.setblocking(False)
     except BaseException:
         for sock in sockets:
@@ -53,3 +67,52 @@ def bound_name(sock: socket.socket) -> str:
     """'127.0.0.1:2525' or '[::1]:2525' of a bound socket (with the real port when 0 was asked)."""
     host, port = sock.getsockname()[:2]
     return str(ListenAddress(host, port))
+
+
+def start_accepting(
+    sock: socket.socket, backlog: int, protocol: Callable[[], asyncio.Protocol]
+) -> asyncio.Task[None]:
+    """Set the configured backlog, then accept on ``sock`` until the task is
+    cancelled, each connection served by a new ``protocol``."""
+    sock.listen(backlog)
+    return asyncio.get_running_loop().create_task(_accept_connections(sock, protocol))
+
+
+async def _accept_connections(
+    sock: socket.socket, protocol: Callable[[], asyncio.Protocol]
+) -> None:
+    """Accept until cancelled.
+
+    In place of ``loop.create_server``, whose accept loop (CPython 3.11-3.12)
+    logs a traceback and schedules another retry for every failed accept() in a
+    burst, so that running out of file descriptors filled the log by hundreds
+    of MB: here a resource failure pauses accepting and is logged once a while.
+    """
+    loop = asyncio.get_running_loop()
+    failures = 0
+    reported = -ACCEPT_ERROR_LOG_INTERVAL
+    while True:
+        try:
+            connection, _ = await loop.sock_accept(sock)
+        except OSError as exc:
+            if exc.errno in LOST_CONNECTION_ERRORS:
+                continue
+            if exc.errno not in RESOURCE_ERRORS:
+                raise
+            failures += 1
+            if time.monotonic() - reported >= ACCEPT_ERROR_LOG_INTERVAL:
+                log.error(
+                    "accept on %s: %s; pausing accepts for %gs (%d failures since the last report)",
+                    bound_name(sock),
+                    exc.strerror,
+                    ACCEPT_PAUSE,
+                    failures,
+                )
+                reported, failures = time.monotonic(), 0
+            await asyncio.sleep(ACCEPT_PAUSE)
+            continue
+        try:
+            await loop.connect_accepted_socket(protocol, connection)
+        except OSError as exc:  # the client left already, or no resources for it
+            connection.close()
+            log.info("accept on %s: dropped a connection: %s", bound_name(sock), exc)

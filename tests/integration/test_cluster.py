@@ -39,9 +39,9 @@ class Cluster:
             script = write_counting_flush(self.directory / f"flush-mx{number}", runs, seconds)
             backends.append({"type": "command", "argv": [str(script), "{etrn}"]})
         limits = settings.pop("limits", {"per_client": "off", "per_target": "1/60s"})
-        self.nodes = start_nodes(
-            self.directory, self.redis.url, backends, {"limits": limits}, **settings
-        )
+        # Floods come from one loopback address here: lift the per-client session cap.
+        extra = {"limits": limits, "connections": {"max_sessions_per_client": FLOOD}}
+        self.nodes = start_nodes(self.directory, self.redis.url, backends, extra, **settings)
 
     def flushes(self) -> list[list[str]]:
         return [p.read_text().split() if p.exists() else [] for p in self.runs]
@@ -201,7 +201,11 @@ def test_limits_hold_across_the_workers_of_one_node(
     runs = tmp_path / "runs.txt"
     script = write_counting_flush(tmp_path / "flush", runs, 0.3)
     backend = {"type": "command", "argv": [str(script), "{etrn}"]}
-    extra = {"workers": 3, "limits": {"per_client": "off", "per_target": "1/60s"}}
+    extra = {
+        "workers": 3,
+        "limits": {"per_client": "off", "per_target": "1/60s"},
+        "connections": {"max_sessions_per_client": FLOOD},
+    }
     (node,) = start_nodes(tmp_path, redis_server.url, [backend], extra)
     try:
 

@@ -29,7 +29,12 @@ async def test_concurrent_etrn_for_one_target_make_one_backend_run(
 ) -> None:
     backend, runs = command_backend(tmp_path)
     bridge = start_bridge(
-        {"backend": backend, "limits": {"per_target": "1/60s", "per_client": "off"}}
+        {
+            "backend": backend,
+            "limits": {"per_target": "1/60s", "per_client": "off"},
+            # 200 customers at once, all from one loopback address here.
+            "connections": {"max_sessions_per_client": CONCURRENT_ETRN},
+        }
     )
     replies = await etrn_many(bridge, "customer.example", CONCURRENT_ETRN)
 
