@@ -26,6 +26,7 @@ from etrn_bridge.policy.limits import LimitSettings, parse_limits
 from etrn_bridge.policy.model import Policy
 from etrn_bridge.queueindex.settings import IndexSettings, parse_index
 from etrn_bridge.schema import config_schema
+from etrn_bridge.sharedstate.settings import ClusterSettings, parse_cluster
 from etrn_bridge.yamlmarks import KeyPath, Mark, MarkedDocument, format_path, load_marked
 
 
@@ -101,6 +102,7 @@ class Config:
     event_loop: str = "asyncio"  # or "uvloop" (optional extra)
     metrics: MetricsSettings | None = None  # None: no metrics endpoint
     index: IndexSettings | None = None  # the queue index; None: list the queue
+    cluster: ClusterSettings | None = None  # several MX hosts sharing state through Redis
 
 
 def load_config(path: str | Path) -> Config:
@@ -160,6 +162,7 @@ def _unknown(known: set[str]) -> str:
 class _CheckedSections:
     policy: Policy
     limits: LimitSettings
+    cluster: ClusterSettings | None
 
 
 def _check_sections(
@@ -196,7 +199,10 @@ def _check_sections(
     if data.get("auth") is not None and data.get("tls") is None:
         problem(("auth",), "AUTH is offered only after STARTTLS: configure tls too")
     _check_matchers_can_match(data, problem)
-    return _CheckedSections(policy, limits)
+    cluster = parse_cluster(
+        data.get("cluster"), lambda key, message: problem(("cluster", *key), message)
+    )
+    return _CheckedSections(policy, limits, cluster)
 
 
 def _check_matchers_can_match(
@@ -256,6 +262,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         event_loop=data.get("event_loop", "asyncio"),
         metrics=_metrics(data.get("metrics")),
         index=parse_index(data.get("index"), base_dir),
+        cluster=sections.cluster,
     )
 
 

@@ -14,6 +14,7 @@ from etrn_bridge.backends.base import registered_backends
 from etrn_bridge.metrics.settings import metrics_schema
 from etrn_bridge.policy.schema import LIMITS_SCHEMA, POLICY_SCHEMA
 from etrn_bridge.queueindex.settings import INDEX_SCHEMA
+from etrn_bridge.sharedstate.settings import CLUSTER_SCHEMA
 
 SCHEMA_ID = "https://etrn-bridge.invalid/schema/config.json"
 
@@ -87,8 +88,8 @@ def config_schema() -> dict[str, Any]:
                 "(exit status 1): the service manager restarts the whole. Rate limits, "
                 "coalescing of identical ETRNs and max_concurrent_flushes are kept per "
                 "worker, so with N workers a client may get up to N times its limit and "
-                "one target up to N flush runs per window. Every worker appends whole "
-                "lines to the same audit file.",
+                "one target up to N flush runs per window (cluster: shares them). Every "
+                "worker appends whole lines to the same audit file.",
             },
             "event_loop": {
                 "type": "string",
@@ -183,5 +184,6 @@ def config_schema() -> dict[str, Any]:
             "index": INDEX_SCHEMA,
             "policy": POLICY_SCHEMA,
             "metrics": metrics_schema(_LISTEN_PATTERN),
+            "cluster": CLUSTER_SCHEMA,
         },
     }

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,8 @@ from etrn_bridge.backends.base import Backend, create_backend, flush_timeout
 from etrn_bridge.backends.reconcile import with_index
 from etrn_bridge.config import Config, ConfigError, load_config
 from etrn_bridge.observer import NullObserver, Observer
-from etrn_bridge.policy.coalesce import FlushCoalescer
 from etrn_bridge.policy.index import client_address
-from etrn_bridge.policy.limits import LimitSettings, SlidingWindow
+from etrn_bridge.policy.limits import LimitSettings
 from etrn_bridge.policy.model import Policy
 from etrn_bridge.policy.rdns import ForwardConfirmedRdns, Resolver
 from etrn_bridge.request import (
@@ -39,6 +38,9 @@ from etrn_bridge.request import (
     Request,
     Status,
 )
+from etrn_bridge.sharedstate import create_shared_state
+from etrn_bridge.sharedstate.base import SharedState, SharedStateUnavailable
+from etrn_bridge.sharedstate.local import LocalState
 from etrn_bridge.target import MissingArgument, Target, TargetError, parse_target
 
 log = logging.getLogger("etrn_bridge")
@@ -76,14 +78,15 @@ class Service:
         rdns: ForwardConfirmedRdns | None = None,
         *,
         observer: Observer | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         settings = limits or LimitSettings()
         self._state = PolicyState(policy, settings, backend)
         self.audit = audit
         self.rdns = rdns or ForwardConfirmedRdns()
         self.observer: Observer = observer or NullObserver()
-        self._client_rates = SlidingWindow()
-        self._coalescer = FlushCoalescer(settings.max_concurrent_flushes)
+        # Per-client limits, coalescing and flush slots: this process's, or a cluster's.
+        self.shared = shared or LocalState(settings.max_concurrent_flushes)
         # Requests being worked on; records of those whose caller left; flushes
         # that go on after the reply (Exim). drain() awaits them all.
         self._requests: set[asyncio.Future[Outcome]] = set()
@@ -108,6 +111,7 @@ class Service:
             config.limits,
             ForwardConfirmedRdns(resolver),
             observer=observer,
+            shared=create_shared_state(config.cluster, config.limits.max_concurrent_flushes),
         )
 
     @property
@@ -223,15 +227,22 @@ class Service:
             if entry
             else (state.limits.per_target, state.limits.per_client)
         )
-        if per_client is not None and not self._client_rates.admit(client, per_client):
-            reason = f"more than {per_client} per client"
-            return Outcome(Status.RATE_LIMITED, target, decision, reason=reason, extra=extra)
         backend = state.backend
-        self._coalescer.resize(state.limits.max_concurrent_flushes)
-        observer = self.observer
-        ran = await self._coalescer.run(
-            target, per_target, lambda: _flush(backend, target, observer)
-        )
+        try:
+            if per_client is not None and not await self.shared.admit(client, per_client):
+                reason = f"more than {per_client} per client"
+                return Outcome(Status.RATE_LIMITED, target, decision, reason=reason, extra=extra)
+            ran = await self.shared.run(
+                target,
+                per_target,
+                state.limits.max_concurrent_flushes,
+                lambda: _flush(backend, target, self.observer),
+                request.session_id,
+            )
+        except SharedStateUnavailable as exc:
+            extra.update(exc.audit)
+            return Outcome(Status.FAILED, target, decision, reason=str(exc), extra=extra)
+        extra.update(ran.audit)
         return Outcome(
             _status_of(ran.result),
             target,
@@ -241,6 +252,21 @@ class Service:
             coalesced=ran.coalesced,
             extra=extra,
         )
+
+    async def start(self) -> None:
+        """Begin answering other nodes' flush requests (a cluster); in the serving loop."""
+        await self.shared.start(self.flush_for_peer)
+
+    async def flush_for_peer(self, target: Target, context: Mapping[str, object]) -> FlushResult:
+        """Flush ``target`` here because another node (or this one) fanned out an
+        ETRN it allowed; audited as ``cluster_flush`` with ``context`` (origin)."""
+        backend = self._state.backend
+        result = await _flush(backend, target, self.observer)
+        self.audit.write(flush_record("cluster_flush", target, backend.name, result, **context))
+        session = str(context.get("origin_session", "-"))
+        if result.completion is not None:
+            self._follow_completion(session, target, backend.name, result.completion)
+        return result
 
     def reload(self, config: Config) -> None:
         """Put a validated config's policy, limits and backend in force."""
@@ -322,6 +348,7 @@ class Service:
                 waiting.cancel()
             for work in self._requests:
                 work.cancel()
+        await self.shared.close()  # stops taking other nodes' requests, ends those taken
         # A cut request's caller reacts a loop turn later (and adds its record's task).
         while self._requests or self._followers or self._completions:
             await asyncio.gather(

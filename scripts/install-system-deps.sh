@@ -6,9 +6,10 @@
 #   (fd exhaustion, a full disk), setpriv;
 #   systemd: systemd-analyze verify and systemd-socket-activate (neither needs systemd
 #   as PID 1); logrotate: rotates the audit file in its test;
-#   patchelf: a setgid postqueue for the lab (setgid programs ignore LD_LIBRARY_PATH).
+#   patchelf: a setgid postqueue for the lab (setgid programs ignore LD_LIBRARY_PATH);
+#   redis-server: the cluster tests start their own instance (never the system service).
 set -euo pipefail
-PACKAGES=(perl fetchmail sudo groff-base iproute2 util-linux mount systemd logrotate patchelf)
+PACKAGES=(perl fetchmail sudo groff-base iproute2 util-linux mount systemd logrotate patchelf redis-server)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -4,6 +4,7 @@
   ``config`` merged over ``bridgekit.BASE_CONFIG``; all stopped after the test.
 - ``bridge``: one started with the base config (log backend).
 - ``tls_files``: a trustme CA, server and client certificates as PEM files.
+- ``redis_server``: a real redis-server of the test's own on a free loopback port.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import trustme
 from bridgekit import Bridge, TlsFiles, launch_bridge
+from rediskit import RedisServer
 
 
 @pytest.fixture
@@ -50,3 +52,12 @@ def tls_files(tmp_path: Path) -> TlsFiles:
     server.private_key_pem.write_to_path(str(server_key))
     client = ca.issue_cert("client.example")
     return TlsFiles(ca, ca_file, server_cert, server_key, client)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ import argparse
 from etrn_bridge.backends.base import create_backend, installation_problems
 from etrn_bridge.cli.configfile import add_config_argument
 from etrn_bridge.config import Config, ConfigError, load_config
+from etrn_bridge.sharedstate.settings import ClusterSettings, redacted
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,5 +53,13 @@ def summary(config: Config) -> str:
             f"  limits:   per_target {limits.per_target or 'off'}, "
             f"per_client {limits.per_client or 'off'}, "
             f"max_concurrent_flushes {limits.max_concurrent_flushes}",
+            *([cluster_summary(config.cluster)] if config.cluster else []),
         ]
+    )
+
+
+def cluster_summary(cluster: ClusterSettings) -> str:
+    return (
+        f"  cluster:  node {cluster.node}, Redis {redacted(cluster.redis)}, "
+        f"fanout_timeout {cluster.fanout_timeout:g}s, on_redis_failure {cluster.on_redis_failure}"
     )

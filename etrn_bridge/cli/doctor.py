@@ -20,8 +20,13 @@ from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config
 from etrn_bridge.queueindex.settings import IndexSettings
 from etrn_bridge.queueindex.store import QueueIndex
+from etrn_bridge.sharedstate.connection import connect, redis_errors
+from etrn_bridge.sharedstate.nodes import nodes_seen
+from etrn_bridge.sharedstate.settings import ClusterSettings, redacted
 
 MARKS = {Level.OK: "ok    ", Level.FIX: "FIX   ", Level.ADVICE: "advice"}
+# Audit timestamps of different nodes disagree by the skew; limits use Redis's clock.
+SKEW_ADVICE = 1.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,21 +81,68 @@ async def check_sudo(backend: MtaBackend, user: str) -> list[Finding]:
     return findings
 
 
+async def diagnose_cluster(cluster: ClusterSettings) -> list[Finding]:
+    """Can this node reach Redis, and which nodes have been seen, how lately, how skewed."""
+    try:
+        client = connect(cluster.redis)
+    except OSError as exc:
+        return [Finding(Level.FIX, str(exc))]
+    try:
+        seen = await nodes_seen(client)
+    except redis_errors() as exc:
+        return [
+            Finding(Level.FIX, f"cluster: cannot reach Redis at {redacted(cluster.redis)}: {exc}")
+        ]
+    finally:
+        await client.aclose()
+    findings = [Finding(Level.OK, f"cluster: Redis reachable, {len(seen)} node(s) seen")]
+    for node in seen:
+        skew = "unknown" if node.skew is None else f"{node.skew * 1000:+.0f} ms"
+        text = (
+            f"cluster: node {node.node}: last heartbeat {node.last_heartbeat:.1f} s ago, "
+            f"clock skew {skew}" + (" (this node)" if node.node == cluster.node else "")
+        )
+        if not node.alive:
+            findings.append(
+                Finding(Level.ADVICE, text + ": gone (stopped, or its heartbeat expired)")
+            )
+        elif node.skew is not None and abs(node.skew) > SKEW_ADVICE:
+            findings.append(Finding(Level.ADVICE, text + ": synchronise its clock (NTP)"))
+        else:
+            findings.append(Finding(Level.OK, text))
+    if cluster.node not in {node.node for node in seen}:
+        findings.append(
+            Finding(Level.ADVICE, f"cluster: this node ({cluster.node}) is not serving yet")
+        )
+    return findings
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_or_report(args.config)
     if config is None:
         return 1
+    cluster_ready = True
+    if config.cluster is not None:
+        findings = asyncio.run(diagnose_cluster(config.cluster))
+        report(findings)
+        cluster_ready = all(finding.level is not Level.FIX for finding in findings)
     backend = create_backend(config.backend)  # the loader has validated its options
     if not isinstance(backend, MtaBackend):
         problems = installation_problems(backend)
         for message in problems:
             print(f"{MARKS[Level.FIX]} backend {backend.name!r}: {message}")
-        if problems:
+        if problems or not cluster_ready:
             print("NOT ready: change the FIX lines above")
             return 1
         print(f"ok     backend {backend.name!r} runs no MTA program: nothing more to check")
         return 0
-    return asyncio.run(diagnose(config, backend))
+    ready = asyncio.run(diagnose(config, backend))
+    return 0 if ready == 0 and cluster_ready else 1
+
+
+def report(findings: list[Finding]) -> None:
+    for finding in findings:
+        print(f"{MARKS[finding.level]} {finding.text}")
 
 
 async def diagnose(config: Config, backend: MtaBackend) -> int:
@@ -103,8 +155,7 @@ async def diagnose(config: Config, backend: MtaBackend) -> int:
         findings.extend(await check_sudo(backend, runs_as))
     if config.index is not None:
         findings.append(check_index(config.index, runs_as))
-    for finding in findings:
-        print(f"{MARKS[finding.level]} {finding.text}")
+    report(findings)
     ready = all(finding.level is not Level.FIX for finding in findings)
     print("ready" if ready else "NOT ready: change the FIX lines above")
     return 0 if ready else 1

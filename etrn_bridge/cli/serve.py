@@ -206,6 +206,7 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         # A supervising parent forks with these blocked, so none is lost (or kills
         # the worker by default action) before the handlers above exist.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED_SIGNALS)
+        await runtime.service.start()
         await runtime.listener.serve(sockets)
         if not start_metrics(runtime, sockets):
             return EXIT_FAILURE

@@ -9,8 +9,8 @@ one domain therefore makes one backend run.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass, field, replace
 
 from etrn_bridge.policy.limits import DEFAULT_STATE_CAPACITY, BoundedLru, Rate, SlidingWindow
 from etrn_bridge.request import FlushResult
@@ -20,6 +20,8 @@ from etrn_bridge.request import FlushResult
 class CoalescedResult:
     result: FlushResult
     coalesced: bool
+    # Fields for the request's audit record (shared state: nodes asked, fallback).
+    audit: Mapping[str, object] = field(default_factory=dict)
 
 
 class FlushCoalescer:
