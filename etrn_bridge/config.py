@@ -19,6 +19,7 @@ import yaml
 
 from etrn_bridge import defaults
 from etrn_bridge.backends.base import BackendOptionError, create_backend
+from etrn_bridge.hookconfig import HookSettings, parse_hooks
 from etrn_bridge.policy.compile import PolicyProblem, compile_policy
 from etrn_bridge.policy.limits import LimitSettings, parse_limits
 from etrn_bridge.policy.model import Policy
@@ -95,6 +96,7 @@ class Config:
     user: str | None = None  # drop to this user after binding the ports
     workers: int = 1  # serving processes forked by `serve`
     event_loop: str = "asyncio"  # or "uvloop" (optional extra)
+    hooks: tuple[HookSettings, ...] = ()  # plugin mode (hookconfig.py)
 
 
 def load_config(path: str | Path) -> Config:
@@ -154,6 +156,7 @@ def _unknown(known: set[str]) -> str:
 class _CheckedSections:
     policy: Policy
     limits: LimitSettings
+    hooks: tuple[HookSettings, ...] = ()
 
 
 def _check_sections(
@@ -190,7 +193,12 @@ def _check_sections(
     if data.get("auth") is not None and data.get("tls") is None:
         problem(("auth",), "AUTH is offered only after STARTTLS: configure tls too")
     _check_matchers_can_match(data, problem)
-    return _CheckedSections(policy, limits)
+    hooks_section = data.get("hooks", {})
+    hooks = parse_hooks(
+        hooks_section if isinstance(hooks_section, dict) else {},
+        lambda key, message: problem(("hooks", *key), message),
+    )
+    return _CheckedSections(policy, limits, hooks)
 
 
 def _check_matchers_can_match(
@@ -223,7 +231,11 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
     auth_data = data.get("auth")
     return Config(
         path=file,
-        listen=tuple(_listen_address(text) for text in data.get("listen", defaults.LISTEN)),
+        # With a hook and no 'listen', the process serves the hooks only.
+        listen=tuple(
+            _listen_address(text)
+            for text in data.get("listen", () if sections.hooks else defaults.LISTEN)
+        ),
         hostname=data.get("hostname", defaults.hostname()),
         backend=data.get("backend", {"type": defaults.BACKEND}),
         policy=sections.policy,
@@ -247,6 +259,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         user=data.get("user"),
         workers=data.get("workers", 1),
         event_loop=data.get("event_loop", "asyncio"),
+        hooks=sections.hooks,
     )
 
 

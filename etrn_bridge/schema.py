@@ -10,6 +10,7 @@ from typing import Any
 
 from etrn_bridge import defaults
 from etrn_bridge.backends.base import registered_backends
+from etrn_bridge.hookconfig import HOOKS_SCHEMA
 from etrn_bridge.policy.schema import LIMITS_SCHEMA, POLICY_SCHEMA
 
 SCHEMA_ID = "https://etrn-bridge.invalid/schema/config.json"
@@ -54,7 +55,8 @@ def config_schema() -> dict[str, Any]:
                 "items": {"type": "string", "pattern": _LISTEN_PATTERN},
                 "minItems": 1,
                 "default": list(defaults.LISTEN),
-                "description": "Addresses to listen on: 'IPv4:port' or '[IPv6]:port'.",
+                "description": "Addresses of the ETRN listener: 'IPv4:port' or '[IPv6]:port'. "
+                "Left out with 'hooks' configured: no listener.",
             },
             "hostname": {
                 "type": "string",
@@ -174,5 +176,6 @@ def config_schema() -> dict[str, Any]:
             },
             "limits": LIMITS_SCHEMA,
             "policy": POLICY_SCHEMA,
+            "hooks": HOOKS_SCHEMA,
         },
     }

@@ -19,11 +19,12 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from etrn_bridge.audit import AuditLog
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config, ListenAddress
+from etrn_bridge.frontends.hooks import Hooks
 from etrn_bridge.frontends.listener import Listener
 from etrn_bridge.frontends.passwords import PasswordFileError
 from etrn_bridge.frontends.sockets import bind_listeners, bound_name
@@ -86,6 +87,7 @@ class Runtime:
     listener: Listener
     socket_sets: list[list[socket.socket]]  # the listening sockets of each worker
     loop_factory: LoopFactory | None  # None: asyncio's own loop
+    hooks: Hooks = field(default_factory=lambda: Hooks([]))  # plugin mode, shared by workers
 
 
 def prepare(config: Config) -> Runtime:
@@ -99,11 +101,17 @@ def prepare(config: Config) -> Runtime:
     except BaseException:
         audit.close()
         raise
+    try:
+        hooks = Hooks.bind(config, service)
+    except BaseException:
+        close_sockets(socket_sets)
+        audit.close()
+        raise
     if config.user is not None:
         drop_privileges(config.user)
     elif os.geteuid() == 0:
         log.warning("running as root: set 'user:' in the config to drop privileges")
-    return Runtime(config, audit, service, listener, socket_sets, loop_factory)
+    return Runtime(config, audit, service, listener, socket_sets, loop_factory, hooks)
 
 
 def bind_worker_sockets(config: Config) -> list[list[socket.socket]]:
@@ -163,11 +171,15 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         # the worker by default action) before the handlers above exist.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED_SIGNALS)
         await runtime.listener.serve(sockets)
+        await runtime.hooks.serve()
         log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
-        log.info(READY_MESSAGE, " ".join(bound_name(sock) for sock in sockets))
+        hook_names = [f"{s.name}@{s.settings.listen}" for s in runtime.hooks.servers]
+        log.info(READY_MESSAGE, " ".join([*(bound_name(sock) for sock in sockets), *hook_names]))
         await stop.wait()
         log.info("stopping: closing sessions, waiting for flushes still running")
-        await runtime.listener.stop(SHUTDOWN_GRACE)
+        await asyncio.gather(
+            runtime.listener.stop(SHUTDOWN_GRACE), runtime.hooks.stop(SHUTDOWN_GRACE)
+        )
         await runtime.service.drain()
     finally:
         runtime.audit.close()
@@ -201,6 +213,7 @@ def supervise(runtime: Runtime) -> int:
     workers = {fork_worker(runtime, index) for index in range(len(runtime.socket_sets))}
     # The workers own these now: the port closes when the last worker stops listening.
     close_sockets(runtime.socket_sets)
+    runtime.hooks.close()
     runtime.audit.close()
     log.info("started %d workers: %s", len(workers), " ".join(map(str, sorted(workers))))
     status = EXIT_OK
