@@ -10,8 +10,8 @@ kept), last, so it may hold anything but a newline. Answer, one line without
 CR (Exim would pass it on): ``OK <25x reply>``, ``DENY <4xx reply>`` or
 ``TEMP <458 reply>``; then the bridge closes, because readsocket reads to EOF.
 Exim keeps the reply code only when its first digit is the one the ACL verb
-expects (2 accept, 4 deny/defer), so a syntax error (5xx elsewhere) is
-answered with its 4xx form here.
+expects (2 accept, 4 deny/defer), so a syntax error (500/501 elsewhere) is
+answered with replies.SYNTAX_ERROR_TEMPORARY here.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class EximHook(HookProtocol):
         argument, identity = parse_request(line)
         outcome = await connection.handle(argument, identity, FRONTEND)
         reply = replies.reply_for(outcome)
+        if reply.startswith("5"):
+            reply = replies.SYNTAX_ERROR_TEMPORARY
         await connection.answer(f"{answer_word(reply)} {reply}\n".encode())
 
 
