@@ -83,6 +83,14 @@ class PostfixBackend(MtaBackend):
             "description": "'#name' targets: Postfix has no named queues, so map each "
             "name to the domains it flushes.",
         },
+        "flush_by_id": {
+            "type": "boolean",
+            "default": False,
+            "description": "Always one 'postqueue -i' per selected message, never "
+            "'postqueue -s'. Set it in plugin mode (hooks.postfix_policy): Postfix flushes "
+            "the site itself after the bridge's OK, and two site flushes in a row let the "
+            "next message to arrive, for any domain, skip defer_transports (measured).",
+        },
     }
 
     def __init__(self, options: Mapping[str, Any]) -> None:
@@ -93,6 +101,7 @@ class PostfixBackend(MtaBackend):
                 self.queues[queue] = frozenset(parse_domain(d) for d in domains)
             except TargetError as exc:
                 raise BackendOptionError("queues", f"queue {queue!r}: {exc.reason}") from None
+        self.flush_by_id: bool = options.get("flush_by_id", False)
 
     def covers(self, target: Target) -> DomainPredicate | None:
         if target.kind is TargetKind.QUEUE:
@@ -110,7 +119,7 @@ class PostfixBackend(MtaBackend):
             raise ListingError(result, f"unreadable postqueue -j output: {exc}") from None
 
     async def flush_selected(self, target: Target, queue_ids: tuple[str, ...]) -> FlushResult:
-        if target.kind is TargetKind.NODE:
+        if target.kind is TargetKind.NODE and not self.flush_by_id:
             result = await self.run("-s", target.name)
             if result.ok:
                 return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)
