@@ -36,7 +36,7 @@ class EximHook(HookProtocol):
     max_request = MAX_REQUEST
 
     async def serve(self, connection: HookConnection) -> None:
-        line = await connection.read_until(b"\n", MAX_REQUEST, first=True)
+        line = await connection.read_until(b"\n", first=True)
         if line is None:
             return
         argument, identity = parse_request(line)

@@ -57,41 +57,57 @@ class HookConnection:
         self.session_id = session_id
         self.busy = False  # a request is with the service: stop waits for its answer
 
-    async def read_until(self, separator: bytes, limit: int, *, first: bool) -> bytes | None:
+    async def read_until(self, separator: bytes, *, first: bool) -> bytes | None:
         """Bytes up to and including ``separator``; None at a clean end of stream.
 
-        ``first``: nothing of this request has arrived yet, so the idle timeout
-        applies; otherwise the request timeout does. Raises RequestError for a
-        request over ``limit`` bytes, one cut short, or one too slow.
+        ``first``: the start of a request is awaited for up to the idle timeout
+        (None when none comes); from its first byte on, the request timeout
+        applies. Raises RequestError for a request over the protocol's size, one
+        cut short, or one too slow.
         """
         settings = self.server.settings
-        timeout = settings.idle_timeout if first else settings.request_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._read_until(separator, limit)
-        except TimeoutError:
-            if first:
+        start = b""
+        if first:
+            try:
+                async with asyncio.timeout(settings.idle_timeout):
+                    start = await self.reader.read(1)
+            except TimeoutError:
                 return None  # idle: closed quietly, the MTA reconnects
-            raise RequestError(f"request not finished within {timeout:g} s") from None
+            if not start:
+                return None
+            if start == separator:
+                return start
+        try:
+            async with asyncio.timeout(settings.request_timeout):
+                return start + await self._read_until(separator, cut_short=bool(start))
+        except TimeoutError:
+            raise self._too_slow() from None
 
-    async def _read_until(self, separator: bytes, limit: int) -> bytes | None:
+    async def _read_until(self, separator: bytes, cut_short: bool) -> bytes:
         try:
             return await self.reader.readuntil(separator)
         except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return None
+            if not exc.partial and not cut_short:
+                raise RequestError("connection closed before a request") from None
             raise RequestError("connection closed inside a request") from None
         except asyncio.LimitOverrunError:
-            raise RequestError(f"request longer than {limit} bytes") from None
+            raise RequestError(
+                f"request longer than {self.server.protocol.max_request} bytes"
+            ) from None
 
     async def read_exactly(self, count: int) -> bytes:
         try:
             async with asyncio.timeout(self.server.settings.request_timeout):
                 return await self.reader.readexactly(count)
         except TimeoutError:
-            raise RequestError("request not finished in time") from None
+            raise self._too_slow() from None
         except asyncio.IncompleteReadError:
             raise RequestError("connection closed inside a request") from None
+
+    def _too_slow(self) -> RequestError:
+        return RequestError(
+            f"request not finished within {self.server.settings.request_timeout:g} s"
+        )
 
     async def answer(self, data: bytes) -> None:
         self.writer.write(data)

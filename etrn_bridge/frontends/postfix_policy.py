@@ -56,10 +56,8 @@ async def read_request(connection: HookConnection) -> dict[str, str] | None:
     attributes: dict[str, str] = {}
     size = 0
     while True:
-        line = await connection.read_until(b"\n", MAX_REQUEST, first=size == 0)
+        line = await connection.read_until(b"\n", first=size == 0)
         if line is None:
-            if size:
-                raise RequestError("connection closed inside a request")
             return None
         size += len(line)
         if size > MAX_REQUEST:

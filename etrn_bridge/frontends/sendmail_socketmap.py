@@ -42,7 +42,9 @@ class SendmailSocketmap(HookProtocol):
         name, space, key = lookup.partition(" ")
         if not space or name != self.map_name:
             return f"PERM unknown map {name[:64]!r}"
-        address, _, argument = key.partition(KEY_SEPARATOR)
+        address, separator, argument = key.partition(KEY_SEPARATOR)
+        if not separator:  # no client address: the service refuses it (and audits)
+            address, argument = "", key
         if address.lower().startswith(IPV6_PREFIX):
             address = address[len(IPV6_PREFIX) :]
         outcome = await connection.handle(argument, Identity(address=address), FRONTEND)
@@ -61,10 +63,12 @@ def answer_word(reply: str) -> str:
 
 async def read_netstring(connection: HookConnection) -> str | None:
     """The next netstring's data; None when Sendmail closed or went idle."""
-    header = await connection.read_until(b":", MAX_LENGTH_DIGITS + 1, first=True)
+    header = await connection.read_until(b":", first=True)
     if header is None:
         return None
     digits = header[:-1]
+    if len(digits) > MAX_LENGTH_DIGITS:
+        raise RequestError(f"request longer than {MAX_REQUEST} bytes")
     if not digits.isdigit() or (len(digits) > 1 and digits.startswith(b"0")):
         raise RequestError("not a netstring length")
     length = int(digits)
