@@ -9,6 +9,7 @@ the JSON Schema fragment and the typed settings; the front ends live in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ DEFAULT_MAX_CONNECTIONS = 200
 DEFAULT_SOCKETMAP_NAME = "etrnpol"
 
 _LISTEN_PATTERN = r"^(unix:/.+|(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):[0-9]{1,5})$"
+_MODE_PATTERN = "^0?[0-7]{3}$"
 
 
 def _hook_schema(description: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def _hook_schema(description: str, extra: Mapping[str, Any] | None = None) -> di
             },
             "mode": {
                 "type": "string",
-                "pattern": "^0?[0-7]{3}$",
+                "pattern": _MODE_PATTERN,
                 "default": DEFAULT_MODE,
                 "description": "Permissions of a unix socket (octal): only its owner and "
                 "group may connect.",
@@ -169,7 +171,8 @@ def parse_hooks(
     unix_paths: dict[str, str] = {}
     for name in FRONTENDS:
         section = data.get(name)
-        if not isinstance(section, dict) or not isinstance(section.get("listen"), str):
+        # A malformed section is the schema's to report; its meaning is not checked.
+        if not isinstance(section, dict) or not _well_formed(section):
             continue
         endpoint = HookEndpoint.parse(section["listen"])
         if endpoint.path is not None:
@@ -189,3 +192,13 @@ def parse_hooks(
             )
         )
     return tuple(hooks)
+
+
+def _well_formed(section: Mapping[str, Any]) -> bool:
+    listen, mode = section.get("listen"), section.get("mode", DEFAULT_MODE)
+    return (
+        isinstance(listen, str)
+        and re.fullmatch(_LISTEN_PATTERN, listen) is not None
+        and isinstance(mode, str)
+        and re.fullmatch(_MODE_PATTERN, mode) is not None
+    )

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from etrn_bridge.backends.base import create_backend
 from etrn_bridge.backends.mta import Finding, Level, MtaBackend
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
+from etrn_bridge.cli.hookdoctor import check_hooks
 from etrn_bridge.config import Config
 
 MARKS = {Level.OK: "ok    ", Level.FIX: "FIX   ", Level.ADVICE: "advice"}
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     backend = create_backend(config.backend)  # the loader has validated its options
     if not isinstance(backend, MtaBackend):
         print(f"ok     backend {backend.name!r} runs no MTA program: nothing to check")
+        if config.hooks:
+            print("advice the MTA side of the hooks is checked only with an MTA backend")
         return 0
     return asyncio.run(diagnose(config, backend))
 
@@ -92,6 +95,7 @@ async def diagnose(config: Config, backend: MtaBackend) -> int:
     runs_as = bridge_user(config.user)
     if uses_sudo(backend.command_prefix) and runs_as != "root":
         findings.extend(await check_sudo(backend, runs_as))
+    findings.extend(await check_hooks(config, backend))
     for finding in findings:
         print(f"{MARKS[finding.level]} {finding.text}")
     ready = all(finding.level is not Level.FIX for finding in findings)
