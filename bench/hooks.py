@@ -40,6 +40,7 @@ from mtalab import MTAS, LabMta, lab_env
 
 LAB = Path(__file__).resolve().parents[1] / "tests" / "mta" / "lab"
 HOST = "127.0.0.1"
+SESSION_TIMEOUT = 60.0  # a session the MTA never finishes counts as an error
 HOOKS = {
     "postfix": ("postfix_policy", "postfix"),
     "exim": ("exim", "Debian-exim"),
@@ -58,22 +59,27 @@ async def read_reply(reader: asyncio.StreamReader) -> bytes:
 
 async def one_session(port: int, latencies: list[float], errors: list[str]) -> None:
     try:
-        reader, writer = await asyncio.open_connection(HOST, port)
-        await read_reply(reader)
-        writer.write(b"EHLO bench.client.test\r\n")
-        await read_reply(reader)
-        started = time.perf_counter()
-        writer.write(b"ETRN customer.test\r\n")
-        reply = await read_reply(reader)
-        latencies.append(time.perf_counter() - started)
-        if not reply.startswith(b"25"):
-            errors.append(reply.decode(errors="replace").strip())
-        writer.write(b"QUIT\r\n")
-        await read_reply(reader)
-        writer.close()
-        await writer.wait_closed()
-    except (OSError, ConnectionError) as exc:
+        async with asyncio.timeout(SESSION_TIMEOUT):
+            await etrn_session(port, latencies, errors)
+    except (OSError, ConnectionError, TimeoutError) as exc:
         errors.append(repr(exc))
+
+
+async def etrn_session(port: int, latencies: list[float], errors: list[str]) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    await read_reply(reader)
+    writer.write(b"EHLO bench.client.test\r\n")
+    await read_reply(reader)
+    started = time.perf_counter()
+    writer.write(b"ETRN customer.test\r\n")
+    reply = await read_reply(reader)
+    latencies.append(time.perf_counter() - started)
+    if not reply.startswith(b"25"):
+        errors.append(reply.decode(errors="replace").strip())
+    writer.write(b"QUIT\r\n")
+    await read_reply(reader)
+    writer.close()
+    await writer.wait_closed()
 
 
 async def load(port: int, sessions: int, clients: int) -> tuple[float, list[float], list[str]]:
@@ -95,7 +101,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
-def start_bridge(mta: LabMta, workdir: Path, backend: dict[str, object]) -> subprocess.Popen[str]:
+def start_bridge(mta: LabMta, workdir: Path, backend: dict[str, object]) -> subprocess.Popen[bytes]:
     hook, group = HOOKS[mta.name]
     socket_path = lab_env(mta.name)[f"{mta.name.upper()}_HOOK_SOCKET"]
     config = {
@@ -110,20 +116,22 @@ def start_bridge(mta: LabMta, workdir: Path, backend: dict[str, object]) -> subp
     }
     path = workdir / f"bridge-{mta.name}.yaml"
     path.write_text(json.dumps(config))  # YAML is a superset of JSON
-    process = subprocess.Popen(
-        [sys.executable, "-m", "etrn_bridge", "serve", "-c", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        if "ready, listening on" in line:
+    log = workdir / f"bridge-{mta.name}.log"
+    with log.open("w") as stderr:  # a file: a pipe nobody reads would block the bridge
+        process = subprocess.Popen(
+            [sys.executable, "-m", "etrn_bridge", "serve", "-c", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        if "ready, listening on" in log.read_text():
             return process
-    raise RuntimeError(f"bridge for {mta.name} did not start")
+        time.sleep(0.05)
+    raise RuntimeError(f"bridge for {mta.name} did not start: {log.read_text()}")
 
 
-def stop(process: subprocess.Popen[str]) -> None:
+def stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     process.wait(30)
 

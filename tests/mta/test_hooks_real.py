@@ -316,3 +316,26 @@ DOCTOR_FIX = {
     "postfix": "no smtpd asks the bridge",
     "sendmail": "map etrnpol connects to",
 }
+
+
+def test_backend_failure_is_458_from_the_mta(mta: LabMta, tmp_path: Path) -> None:
+    """The bridge cannot run the MTA's program: 458 reaches the client, nothing moves."""
+    plugged = Hooked(mta, tmp_path)
+    mta.inject()
+    hook, group = HOOKS[mta.name]
+    plugged.bridge = launch_bridge(
+        tmp_path,
+        {
+            "backend": {**mta.backend_options, mta.program_option: str(tmp_path / "missing")},
+            "hooks": {hook: {"listen": f"unix:{plugged.socket}", "group": group}},
+            "policy": {"clients": [{"id": "lab", "networks": ["127.0.0.0/8"], "targets": ALLOWED}]},
+        },
+    )
+    try:
+        code, text = plugged.etrn("customer.test")
+    finally:
+        plugged.stop_bridge()
+    assert code == 458, text
+    assert "Unable to queue messages for node customer.test" in text
+    assert mta.wait_received(set(), timeout=NOTHING_MOVES) == {}
+    assert mta.queued_recipients() == set(RECIPIENTS)
