@@ -131,6 +131,12 @@ def start_bridge(mta: LabMta, workdir: Path, backend: dict[str, object]) -> subp
     raise RuntimeError(f"bridge for {mta.name} did not start: {log.read_text()}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (proc(5) stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     process.wait(30)
@@ -178,13 +184,18 @@ def main() -> None:
         for label, backend in backends.items():
             bridge = start_bridge(mta, workdir, backend)
             try:
+                cpu_before = cpu_seconds(bridge.pid)
                 rate, latencies, errors = asyncio.run(load(hook_port, args.sessions, args.clients))
+                cpu = cpu_seconds(bridge.pid) - cpu_before
             finally:
                 stop(bridge)
             row(label, rate, latencies, errors, native_rate)
             added_p50 = (percentile(latencies, 0.5) - native_p50) * 1000
             added_p99 = (percentile(latencies, 0.99) - native_p99) * 1000
-            print(f"  {'':<28} added ETRN latency p50 {added_p50:+.2f} ms, p99 {added_p99:+.2f} ms")
+            print(
+                f"  {'':<28} added ETRN latency p50 {added_p50:+.2f} ms, p99 {added_p99:+.2f} ms;"
+                f" bridge CPU {cpu / args.sessions * 1000:.2f} ms per ETRN"
+            )
     subprocess.run(["bash", str(LAB / "all.sh"), "stop"], check=False, capture_output=True)
 
 

@@ -29,6 +29,7 @@ MAX_REQUEST = 16384
 ALLOW = "OK"
 # Queries at other states (the endpoint listed in another restriction list).
 NEUTRAL = "DUNNO"
+END_OF_REQUEST = b"\n\n"  # the last attribute's newline and the empty line
 
 
 class PostfixPolicy(HookProtocol):
@@ -53,24 +54,17 @@ class PostfixPolicy(HookProtocol):
 
 async def read_request(connection: HookConnection) -> dict[str, str] | None:
     """The attributes of the next request; None when Postfix closed or went idle."""
+    block = await connection.read_until(END_OF_REQUEST, first=True)
+    if block is None:
+        return None
+    text = block.decode("utf-8", "surrogateescape")
     attributes: dict[str, str] = {}
-    size = 0
-    while True:
-        line = await connection.read_until(b"\n", first=size == 0)
-        if line is None:
-            return None
-        size += len(line)
-        if size > MAX_REQUEST:
-            raise RequestError(f"request longer than {MAX_REQUEST} bytes")
-        text = line.rstrip(b"\n").decode("utf-8", "surrogateescape")
-        if not text:
-            if not attributes:
-                raise RequestError("empty request")
-            return attributes
-        name, equals, value = text.partition("=")
+    for line in text[: -len(END_OF_REQUEST)].split("\n"):
+        name, equals, value = line.partition("=")
         if not equals or not name:
-            raise RequestError("not a name=value line")
+            raise RequestError("not a name=value line" if line else "empty request")
         attributes[name] = value
+    return attributes
 
 
 def identity_of(attributes: dict[str, str]) -> Identity:
