@@ -15,6 +15,7 @@ import contextlib
 import grp
 import os
 import resource
+import signal
 import socket
 import stat
 import subprocess
@@ -25,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridgekit import IO_TIMEOUT, Bridge, run_bridge_process, write_config
+from bridgekit import (
+    BASE_CONFIG,
+    IO_TIMEOUT,
+    Bridge,
+    merge_config,
+    run_bridge_process,
+    write_config,
+)
 
 POSTFIX_ETRN = (
     "request=smtpd_access_policy\nprotocol_state=ETRN\nprotocol_name=ESMTP\n"
@@ -468,3 +476,36 @@ def test_hooks_only_process_has_no_listener(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(15) == 0
+
+
+def test_reload_applies_to_hooks(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
+    """SIGHUP: the hooks' next requests (even on an open connection) use the new policy."""
+    config = hooks_config(tmp_path)
+    bridge = start_bridge(config)
+    path = tmp_path / "postfix.sock"
+    with connect(path) as sock:
+        sock.sendall(POSTFIX_ETRN.format(domain="other.example").encode())
+        assert read_answers(sock, 1, b"\n\n")[0].startswith(b"action=459 ")
+        other = {"id": "other", "networks": ["127.0.0.0/8"], "targets": ["other.example"]}
+        write_config(
+            tmp_path,
+            merge_config(BASE_CONFIG, {**config, "policy": {"clients": [other]}}),
+        )
+        bridge.send_signal(signal.SIGHUP)
+        bridge.wait_for_log("reload: .* is in force")
+        sock.sendall(POSTFIX_ETRN.format(domain="other.example").encode())
+        assert read_answers(sock, 1, b"\n\n") == [b"action=OK"]
+
+
+def test_workers_share_the_hook_sockets(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    bridge = start_bridge({**hooks_config(tmp_path), "workers": 2})
+    answers = {
+        exim(tmp_path / "exim.sock", b"ETRN 127.0.0.1 1 - - - customer.example\n")
+        for _ in range(20)
+    }
+    assert answers == {b"OK 250 2.0.0 OK, queuing for node customer.example started\n"}
+    assert len(bridge.etrn_records()) == 20
+    assert bridge.stop() == 0
+    assert not (tmp_path / "exim.sock").exists()
