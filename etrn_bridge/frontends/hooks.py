@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 from etrn_bridge.config import Config
 from etrn_bridge.frontends.exim_hook import EximHook
@@ -56,11 +55,3 @@ class Hooks:
         """Close the sockets without serving (a failed start, or a supervising parent)."""
         for server in self.servers:
             server.socket.close()
-
-    def remove_socket_files(self) -> None:
-        for server in self.servers:
-            server.remove_socket_file()
-
-    @property
-    def sockets(self) -> list[socket.socket]:
-        return [server.socket for server in self.servers]

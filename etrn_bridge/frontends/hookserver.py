@@ -22,7 +22,6 @@ import os
 import secrets
 import socket
 import stat
-from collections.abc import Awaitable, Callable
 
 from etrn_bridge.config import Config, ListenAddress
 from etrn_bridge.frontends.sockets import LISTEN_BACKLOG, bind_listeners
@@ -174,13 +173,15 @@ class HookServer:
 
     async def serve(self) -> None:
         self._id_prefix = f"{self.settings.name[0]}{secrets.token_hex(3)}"
-        callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-        callback = self._connected
-        limit = self.protocol.max_request
+        limit = self.protocol.max_request  # the stream reader's buffer bound
         if self.socket.family == socket.AF_UNIX:
-            self._server = await asyncio.start_unix_server(callback, sock=self.socket, limit=limit)
+            self._server = await asyncio.start_unix_server(
+                self._connected, sock=self.socket, limit=limit
+            )
         else:
-            self._server = await asyncio.start_server(callback, sock=self.socket, limit=limit)
+            self._server = await asyncio.start_server(
+                self._connected, sock=self.socket, limit=limit
+            )
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self.connections) >= self.settings.max_connections:
