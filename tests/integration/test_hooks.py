@@ -509,3 +509,18 @@ def test_workers_share_the_hook_sockets(
     assert len(bridge.etrn_records()) == 20
     assert bridge.stop() == 0
     assert not (tmp_path / "exim.sock").exists()
+
+
+def test_sockets_are_made_before_privileges_drop(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    """As root with 'user: nobody': the socket is made by root, with the
+    configured group, and the process serves it after dropping to nobody."""
+    if os.geteuid() != 0:
+        pytest.skip("dropping privileges needs root (CI runs the suite as root)")
+    config = hooks_config(tmp_path, group="nogroup")
+    bridge = start_bridge({**config, "user": "nobody"})
+    bridge.wait_for_log("running as nobody")
+    info = os.stat(tmp_path / "exim.sock")
+    assert (info.st_uid, info.st_gid) == (0, grp.getgrnam("nogroup").gr_gid)
+    assert_still_serving(bridge, tmp_path)
