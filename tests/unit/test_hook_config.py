@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from etrn_bridge.backends.mta import Level
+from etrn_bridge.cli.check import summary
 from etrn_bridge.cli.hookdoctor import fast_flush_finding
 from etrn_bridge.config import Config, ConfigError, load_config
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
@@ -122,3 +123,10 @@ def test_doctor_fast_flush_eligibility(tmp_path: Path, value: str, level: Level)
     assert finding.level is level, finding
     if level is Level.FIX:
         assert "acme.net" in finding.text and "#acmeq" not in finding.text
+
+
+def test_check_summary_names_the_hooks(tmp_path: Path) -> None:
+    config = load(tmp_path, "hooks: {exim: {listen: 'unix:/run/etrn-bridge/exim.sock'}}")
+    lines = summary(config).splitlines()
+    assert "  listen:   none" in lines
+    assert "  hooks:    exim-acl on unix:/run/etrn-bridge/exim.sock" in lines
