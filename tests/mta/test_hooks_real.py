@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from bridgekit import Bridge, launch_bridge, write_config
-from mtalab import NODE, RECIPIENTS, SUBTREE, LabMta, lab_env
+from mtalab import NAMED_QUEUE, NODE, QUEUED, RECIPIENTS, SUBTREE, LabMta, lab_env
 
 # config key of the hook and the group the MTA's process is in
 HOOKS = {
@@ -32,7 +32,7 @@ HOOKS = {
 }
 FRONTENDS = {"postfix": "postfix-policy", "exim": "exim-acl", "sendmail": "sendmail-socketmap"}
 # customer.test and its subtree may be flushed; mycustomer.test (a trap) may not.
-ALLOWED = ["customer.test", "@customer.test", "noflush.test"]
+ALLOWED = ["customer.test", "@customer.test", "noflush.test", "#" + NAMED_QUEUE]
 CLIENT_ADDRESS = "127.0.0.2"
 NOTHING_MOVES = 2.0  # seconds watched for mail that must not arrive
 
@@ -350,4 +350,27 @@ def test_backend_failure_is_458_from_the_mta(mta: LabMta, tmp_path: Path) -> Non
     assert code == 458, text
     assert "Unable to queue messages for node customer.test" in text
     assert mta.wait_received(set(), timeout=NOTHING_MOVES) == {}
+    assert mta.queued_recipients() == set(RECIPIENTS)
+
+
+def test_named_queue(hooked: Hooked) -> None:
+    """Exim and Sendmail pass '#acme' through: the named queue / queue group is
+    flushed. Postfix strips the '#': the bridge sees the node 'acme', not allowed."""
+    mta = hooked.mta
+    mta.inject()
+    if mta.name != "postfix":
+        mta.inject((QUEUED,), queue=NAMED_QUEUE)
+    code, text = hooked.etrn("#" + NAMED_QUEUE)
+    [record] = hooked.records()
+    if mta.name == "postfix":
+        assert code == 459, text
+        assert (record["argument"], record["decision"]) == (NAMED_QUEUE, "deny")
+        assert mta.wait_received(set(), timeout=NOTHING_MOVES) == {}
+    else:
+        assert (code, text) == (
+            253,
+            f"2.0.0 OK, 1 pending messages for node #{NAMED_QUEUE} started",
+        )
+        assert set(mta.wait_received({QUEUED})) == {QUEUED}
+        assert record["target"] == "#" + NAMED_QUEUE
     assert mta.queued_recipients() == set(RECIPIENTS)
