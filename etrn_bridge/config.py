@@ -20,6 +20,7 @@ import yaml
 from etrn_bridge import defaults
 from etrn_bridge.admission import ConnectionSettings
 from etrn_bridge.backends.base import BackendOptionError, create_backend
+from etrn_bridge.hookconfig import HookSettings, parse_hooks
 from etrn_bridge.metrics.settings import MetricsSettings
 from etrn_bridge.policy.compile import PolicyProblem, compile_policy
 from etrn_bridge.policy.limits import LimitSettings, parse_limits
@@ -103,6 +104,7 @@ class Config:
     metrics: MetricsSettings | None = None  # None: no metrics endpoint
     index: IndexSettings | None = None  # the queue index; None: list the queue
     cluster: ClusterSettings | None = None  # several MX hosts sharing state through Redis
+    hooks: tuple[HookSettings, ...] = ()  # plugin mode (hookconfig.py)
 
 
 def load_config(path: str | Path) -> Config:
@@ -163,6 +165,7 @@ class _CheckedSections:
     policy: Policy
     limits: LimitSettings
     cluster: ClusterSettings | None
+    hooks: tuple[HookSettings, ...]
 
 
 def _check_sections(
@@ -199,10 +202,15 @@ def _check_sections(
     if data.get("auth") is not None and data.get("tls") is None:
         problem(("auth",), "AUTH is offered only after STARTTLS: configure tls too")
     _check_matchers_can_match(data, problem)
+    hooks_section = data.get("hooks", {})
+    hooks = parse_hooks(
+        hooks_section if isinstance(hooks_section, dict) else {},
+        lambda key, message: problem(("hooks", *key), message),
+    )
     cluster = parse_cluster(
         data.get("cluster"), lambda key, message: problem(("cluster", *key), message)
     )
-    return _CheckedSections(policy, limits, cluster)
+    return _CheckedSections(policy, limits, cluster, hooks)
 
 
 def _check_matchers_can_match(
@@ -235,7 +243,11 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
     auth_data = data.get("auth")
     return Config(
         path=file,
-        listen=tuple(_listen_address(text) for text in data.get("listen", defaults.LISTEN)),
+        # With a hook and no 'listen', the process serves the hooks only.
+        listen=tuple(
+            _listen_address(text)
+            for text in data.get("listen", () if sections.hooks else defaults.LISTEN)
+        ),
         hostname=data.get("hostname", defaults.hostname()),
         backend=data.get("backend", {"type": defaults.BACKEND}),
         policy=sections.policy,
@@ -263,6 +275,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         metrics=_metrics(data.get("metrics")),
         index=parse_index(data.get("index"), base_dir),
         cluster=sections.cluster,
+        hooks=sections.hooks,
     )
 
 

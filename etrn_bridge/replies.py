@@ -17,6 +17,10 @@ UNABLE = "458 4.3.0 Unable to queue messages for node {node}"
 NOT_ALLOWED = "459 4.7.1 Node {node} not allowed: {reason}"
 SYNTAX_ERROR = "500 5.5.2 Syntax Error"  # RFC 1985 §5 (errata 4130): no argument
 SYNTAX_ERROR_PARAMETERS = "501 5.5.4 Syntax Error in Parameters"
+# Exim's acl_smtp_etrn refuses only with its default's first digit (4, from 458):
+# another code is replaced and written to the panic log. So a syntax error
+# reaches an Exim client in this 4xx form (RFC 3463 X.5.4 kept, class 4).
+SYNTAX_ERROR_TEMPORARY = "459 4.5.4 Syntax Error in Parameters"
 
 # Short client-safe reasons for 459.
 REASON_DENIED = "not authorized"

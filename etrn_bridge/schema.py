@@ -11,6 +11,7 @@ from typing import Any
 from etrn_bridge import defaults
 from etrn_bridge.admission import CONNECTIONS_SCHEMA
 from etrn_bridge.backends.base import registered_backends
+from etrn_bridge.hookconfig import HOOKS_SCHEMA
 from etrn_bridge.metrics.settings import metrics_schema
 from etrn_bridge.policy.schema import LIMITS_SCHEMA, POLICY_SCHEMA
 from etrn_bridge.queueindex.settings import INDEX_SCHEMA
@@ -59,8 +60,9 @@ def config_schema() -> dict[str, Any]:
                 "minItems": 1,
                 "default": list(defaults.LISTEN),
                 "description": (
-                    "Addresses to listen on: 'IPv4:port' or '[IPv6]:port'. Not used when systemd "
-                    "passes the sockets (etrn-bridge.socket, socket activation)."
+                    "Addresses of the ETRN listener: 'IPv4:port' or '[IPv6]:port'. Left out "
+                    "with 'hooks' configured: no listener. Not used when systemd passes the "
+                    "sockets (etrn-bridge.socket, socket activation)."
                 ),
             },
             "hostname": {
@@ -185,5 +187,6 @@ def config_schema() -> dict[str, Any]:
             "policy": POLICY_SCHEMA,
             "metrics": metrics_schema(_LISTEN_PATTERN),
             "cluster": CLUSTER_SCHEMA,
+            "hooks": HOOKS_SCHEMA,
         },
     }

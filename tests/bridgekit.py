@@ -249,12 +249,14 @@ def launch_bridge(directory: Path, config: Mapping[str, Any]) -> Bridge:
             log_lines.append(line.rstrip("\n"))
             match = _READY.search(line)
             if match and not ready.is_set():
-                addresses.extend(_parse_address(a) for a in match["addresses"].split())
+                # "name@endpoint" items are hooks (plugin mode), not listener addresses
+                listed = match["addresses"].split()
+                addresses.extend(_parse_address(a) for a in listed if "@" not in a)
                 ready.set()
         ready.set()  # the process ended
 
     threading.Thread(target=read_stderr, daemon=True).start()
-    if not ready.wait(START_TIMEOUT) or not addresses:
+    if not ready.wait(START_TIMEOUT) or not (addresses or full.get("hooks")):
         process.kill()
         process.wait()
         raise AssertionError("bridge did not start:\n" + "\n".join(log_lines))

@@ -141,9 +141,7 @@ class EximBackend(MtaBackend):
         return await self.run("-bV")
 
     async def check_setup(self, user: str, targets: list[Target]) -> list[Finding]:
-        result = await self.run(
-            "-bP", "admin_groups", "prod_requires_admin", "exim_user", "acl_smtp_etrn"
-        )
+        result = await self.run(*SETTINGS_QUERY)
         if not result.ok:
             return [Finding(Level.FIX, f"exim -bP does not run: {result.detail()}")]
         conf = settings(result)
@@ -163,7 +161,8 @@ class EximBackend(MtaBackend):
                     "(exim -M and -bp need an admin user), or use command_prefix: [sudo, -n]",
                 )
             )
-        if conf.get("acl_smtp_etrn"):
+        # Plugin mode (exim/README.md) runs /bin/true: the bridge has flushed already.
+        if conf.get("acl_smtp_etrn") and conf.get("smtp_etrn_command") != PLUGIN_ETRN_COMMAND:
             findings.append(
                 Finding(
                     Level.ADVICE,
@@ -171,6 +170,19 @@ class EximBackend(MtaBackend):
                 )
             )
         return findings
+
+
+# What doctor asks Exim (the kit's sudoers line names this exact command).
+SETTINGS_QUERY = (
+    "-bP",
+    "admin_groups",
+    "prod_requires_admin",
+    "exim_user",
+    "acl_smtp_etrn",
+    "smtp_etrn_command",
+    "smtp_etrn_serialize",
+)
+PLUGIN_ETRN_COMMAND = "/bin/true"
 
 
 def user_groups(user: str) -> set[str]:

@@ -99,6 +99,15 @@ class PostfixBackend(MtaBackend):
             "postqueue -s (no process per request). The bridge's user must be in the "
             "postdrop group (public/ is mode 0710 postfix:postdrop). Default: postqueue -s.",
         },
+        "flush_by_id": {
+            "type": "boolean",
+            "default": False,
+            "description": "Always one 'postqueue -i' per selected message, never "
+            "'postqueue -s' nor flush_socket. Set it in plugin mode (hooks.postfix_policy): "
+            "Postfix flushes the site itself after the bridge's OK, and two site flushes in a "
+            "row let the next message to arrive, for any domain, skip defer_transports "
+            "(measured).",
+        },
     }
 
     def __init__(self, options: Mapping[str, Any]) -> None:
@@ -110,6 +119,7 @@ class PostfixBackend(MtaBackend):
                 self.queues[queue] = frozenset(parse_domain(d) for d in domains)
             except TargetError as exc:
                 raise BackendOptionError("queues", f"queue {queue!r}: {exc.reason}") from None
+        self.flush_by_id: bool = options.get("flush_by_id", False)
 
     def covers(self, target: Target) -> DomainPredicate | None:
         if target.kind is TargetKind.QUEUE:
@@ -127,14 +137,15 @@ class PostfixBackend(MtaBackend):
             raise ListingError(result, f"unreadable postqueue -j output: {exc}") from None
 
     async def flush_selected(self, target: Target, queue_ids: tuple[str, ...]) -> FlushResult:
-        if target.kind is TargetKind.NODE and self.flush_socket is not None:
+        by_site = target.kind is TargetKind.NODE and not self.flush_by_id
+        if by_site and self.flush_socket is not None:
             reply = await send_site(self.flush_socket, target.name, self.timeout)
             if reply.status == STATUS_OK:
                 return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)
             if reply.status != STATUS_DENY:
                 detail = reply.error or f"flush service status {reply.status}"
                 return FlushResult(started=False, detail=detail)
-        elif target.kind is TargetKind.NODE:
+        elif by_site:
             result = await self.run("-s", target.name)
             if result.ok:
                 return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)

@@ -40,6 +40,7 @@ _UNKNOWN_GROUP = re.compile(rb"^Queue group \S+ unknown", re.MULTILINE)
 # Debian's sendmail-bin (and Sendmail's compiled-in _PATH_SENDMAILCF).
 DEFAULT_CF = "/etc/mail/sendmail.cf"
 _PRIVACY_OPTIONS = re.compile(r"^O PrivacyOptions\s*=\s*(.*)$", re.MULTILINE)
+CHECK_ETRN_RULESET = re.compile(r"^Scheck_etrn\b", re.MULTILINE)
 
 
 def parse_sendmail_bp(output: bytes) -> list[QueuedMessage]:
@@ -105,7 +106,8 @@ class SendmailBackend(MtaBackend):
         path = self.config_file()
         try:
             with open(path, encoding="utf-8", errors="replace") as cf:
-                match = _PRIVACY_OPTIONS.search(cf.read())
+                text = cf.read()
+            match = _PRIVACY_OPTIONS.search(text)
         except OSError as exc:
             return [Finding(Level.ADVICE, f"cannot read {path} ({exc.strerror}): not checked")]
         privacy = {o.strip() for o in (match.group(1) if match else "").split(",")}
@@ -121,7 +123,8 @@ class SendmailBackend(MtaBackend):
                     "use command_prefix: [sudo, -n] and a sudoers line (sendmail/README.md)",
                 )
             )
-        if "noetrn" not in privacy:
+        # Plugin mode (sendmail/README.md): check_etrn answers every ETRN itself.
+        if "noetrn" not in privacy and not CHECK_ETRN_RULESET.search(text):
             findings.append(
                 Finding(
                     Level.ADVICE,

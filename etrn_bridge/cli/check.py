@@ -42,10 +42,12 @@ def report_errors(path: str, messages: list[str]) -> int:
 def summary(config: Config) -> str:
     counts = config.policy.summary()
     limits = config.limits
+    hooks = [f"{hook.frontend} on {hook.listen}" for hook in config.hooks]
     return "\n".join(
         [
             f"{config.path}: OK",
-            f"  listen:   {', '.join(str(address) for address in config.listen)}",
+            f"  listen:   {', '.join(str(address) for address in config.listen) or 'none'}",
+            *([f"  hooks:    {', '.join(hooks)}"] if hooks else []),
             f"  backend:  {config.backend.get('type')}",
             f"  policy:   {counts['clients']} clients entries, {counts['deny']} deny entries, "
             f"{counts['targets']} targets, {counts['networks']} networks, "

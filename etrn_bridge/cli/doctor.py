@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from etrn_bridge.backends.base import create_backend, installation_problems
 from etrn_bridge.backends.mta import Finding, Level, MtaBackend
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
+from etrn_bridge.cli.hookdoctor import check_hooks
 from etrn_bridge.config import Config
 from etrn_bridge.queueindex.settings import IndexSettings
 from etrn_bridge.queueindex.store import QueueIndex
@@ -135,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
             print("NOT ready: change the FIX lines above")
             return 1
         print(f"ok     backend {backend.name!r} runs no MTA program: nothing more to check")
+        if config.hooks:
+            print("advice the MTA side of the hooks is checked only with an MTA backend")
         return 0
     ready = asyncio.run(diagnose(config, backend))
     return 0 if ready == 0 and cluster_ready else 1
@@ -155,6 +158,7 @@ async def diagnose(config: Config, backend: MtaBackend) -> int:
         findings.extend(await check_sudo(backend, runs_as))
     if config.index is not None:
         findings.append(check_index(config.index, runs_as))
+    findings.extend(await check_hooks(config, backend))
     report(findings)
     ready = all(finding.level is not Level.FIX for finding in findings)
     print("ready" if ready else "NOT ready: change the FIX lines above")

@@ -19,13 +19,14 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from etrn_bridge.audit import AuditLog
 from etrn_bridge.backends.reconcile import start_reconciler
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config, ListenAddress
+from etrn_bridge.frontends.hooks import Hooks
 from etrn_bridge.frontends.listener import Listener
 from etrn_bridge.frontends.passwords import PasswordFileError
 from etrn_bridge.frontends.sockets import bind_listeners, bound_name
@@ -98,6 +99,7 @@ class Runtime:
     loop_factory: LoopFactory | None  # None: asyncio's own loop
     notifier: Notifier  # systemd's notify socket (does nothing outside systemd)
     metrics: PrometheusObserver | None = None  # its endpoint starts in each worker
+    hooks: Hooks = field(default_factory=lambda: Hooks([]))  # plugin mode, shared by workers
 
 
 def prepare(config: Config) -> Runtime:
@@ -115,11 +117,19 @@ def prepare(config: Config) -> Runtime:
     except BaseException:
         audit.close()
         raise
+    try:
+        hooks = Hooks.bind(config, service)
+    except BaseException:
+        close_sockets(socket_sets)
+        audit.close()
+        raise
     if config.user is not None:
         drop_privileges(config.user)
     elif os.geteuid() == 0:
         log.warning("running as root: set 'user:' in the config to drop privileges")
-    return Runtime(config, audit, service, listener, socket_sets, loop_factory, notifier, metrics)
+    return Runtime(
+        config, audit, service, listener, socket_sets, loop_factory, notifier, metrics, hooks
+    )
 
 
 def metrics_observer(config: Config) -> PrometheusObserver | None:
@@ -208,6 +218,7 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED_SIGNALS)
         await runtime.service.start()
         await runtime.listener.serve(sockets)
+        await runtime.hooks.serve()
         if not start_metrics(runtime, sockets):
             return EXIT_FAILURE
         reconciling = start_reconciler(
@@ -216,7 +227,8 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
             runtime.service.observer.index_reported,
         )
         log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
-        addresses = " ".join(bound_name(sock) for sock in sockets)
+        hook_names = [f"{s.name}@{s.settings.listen}" for s in runtime.hooks.servers]
+        addresses = " ".join([*(bound_name(sock) for sock in sockets), *hook_names])
         log.info(READY_MESSAGE, addresses)
         runtime.notifier.ready(f"listening on {addresses}")
         reporter = asyncio.create_task(report_status(runtime)) if runtime.notifier.enabled else None
@@ -227,7 +239,10 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         if reconciling is not None:
             reconciling.cancel()
         log.info("stopping: closing sessions, waiting for flushes still running")
-        await runtime.listener.stop(SHUTDOWN_GRACE, cut_now)
+        await asyncio.gather(
+            runtime.listener.stop(SHUTDOWN_GRACE, cut_now),
+            runtime.hooks.stop(SHUTDOWN_GRACE),
+        )
         await runtime.service.drain(cut_now=cut_now)
     finally:
         runtime.audit.close()
@@ -278,6 +293,7 @@ def supervise(runtime: Runtime) -> int:
     workers = {fork_worker(runtime, index) for index in range(len(runtime.socket_sets))}
     # The workers own these now: the port closes when the last worker stops listening.
     close_sockets(runtime.socket_sets)
+    runtime.hooks.close()
     runtime.audit.close()
     log.info("started %d workers: %s", len(workers), " ".join(map(str, sorted(workers))))
     # The workers' sockets were listening before the fork: connections queue until they accept.

@@ -8,6 +8,7 @@ import ssl
 from etrn_bridge.config import TlsSettings
 
 FINGERPRINT_PREFIX = "sha256:"
+SHA256_HEX_DIGITS = 64
 
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
@@ -37,3 +38,12 @@ def peer_fingerprint(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | 
 def fingerprint(der: bytes) -> str:
     """The SHA-256 fingerprint of a DER certificate in the form policies use."""
     return FINGERPRINT_PREFIX + hashlib.sha256(der).digest().hex(":").upper()
+
+
+def fingerprint_from_hex(text: str | None) -> str | None:
+    """An MTA's SHA-256 certificate fingerprint ("AB:CD:..." or "abcd...") in the
+    policy's form; None for anything else (an MD5 digest, garbage, nothing)."""
+    digits = (text or "").replace(":", "").strip().upper()
+    if len(digits) != SHA256_HEX_DIGITS or not all(c in "0123456789ABCDEF" for c in digits):
+        return None
+    return FINGERPRINT_PREFIX + bytes.fromhex(digits).hex(":").upper()

@@ -1,0 +1,79 @@
+"""Postfix policy delegation for ETRN (``smtpd_etrn_restrictions = check_policy_service ...``).
+
+Protocol (Postfix SMTPD_POLICY_README): ``name=value`` lines, an empty line
+ends a request; the answer is ``action=...`` and an empty line. Postfix keeps
+a connection for many requests, and runs several at once.
+
+Postfix has already checked the syntax and strips one leading ``@``/``#``
+before asking (smtpd.c etrn_cmd), so subtree and queue requests cannot be
+told apart here. It answers the client itself: ``action=OK`` lets it go on to
+its own flush and ``250 Queuing started``; a numeric action is its reply, with
+``<domain>: Etrn command rejected:`` put in front of the text.
+"""
+
+from __future__ import annotations
+
+from etrn_bridge import replies
+from etrn_bridge.frontends.hookserver import HookConnection, HookProtocol, RequestError
+from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
+from etrn_bridge.request import Identity
+
+FRONTEND = "postfix-policy"
+REQUEST_TYPE = "smtpd_access_policy"
+ETRN_STATE = "ETRN"
+# A real request is about 1 KiB (certificate subjects included); anything much
+# longer is not Postfix.
+MAX_REQUEST = 16384
+# Passes the ETRN restrictions: Postfix then flushes and answers 250. Not DUNNO:
+# the kit's restriction list ends in "reject", which DUNNO would fall through to.
+ALLOW = "OK"
+# Queries at other states (the endpoint listed in another restriction list).
+NEUTRAL = "DUNNO"
+END_OF_REQUEST = b"\n\n"  # the last attribute's newline and the empty line
+
+
+class PostfixPolicy(HookProtocol):
+    max_request = MAX_REQUEST
+
+    async def serve(self, connection: HookConnection) -> None:
+        while (attributes := await read_request(connection)) is not None:
+            action = await self.decide(connection, attributes)
+            await connection.answer(f"action={action}\n\n".encode())
+
+    async def decide(self, connection: HookConnection, attributes: dict[str, str]) -> str:
+        if attributes.get("request") != REQUEST_TYPE:
+            raise RequestError(f"not a policy request: request={attributes.get('request')!r}")
+        if attributes.get("protocol_state") != ETRN_STATE:
+            return NEUTRAL
+        outcome = await connection.handle(
+            attributes.get("etrn_domain", ""), identity_of(attributes), FRONTEND
+        )
+        reply = replies.reply_for(outcome)
+        return ALLOW if reply.startswith("2") else reply
+
+
+async def read_request(connection: HookConnection) -> dict[str, str] | None:
+    """The attributes of the next request; None when Postfix closed or went idle."""
+    block = await connection.read_until(END_OF_REQUEST, first=True)
+    if block is None:
+        return None
+    text = block.decode("utf-8", "surrogateescape")
+    attributes: dict[str, str] = {}
+    for line in text[: -len(END_OF_REQUEST)].split("\n"):
+        name, equals, value = line.partition("=")
+        if not equals or not name:
+            raise RequestError("not a name=value line" if line else "empty request")
+        attributes[name] = value
+    return attributes
+
+
+def identity_of(attributes: dict[str, str]) -> Identity:
+    port = attributes.get("client_port", "")
+    return Identity(
+        address=attributes.get("client_address", ""),
+        port=int(port) if port.isdigit() and len(port) <= 5 else None,
+        helo=attributes.get("helo_name") or None,
+        auth_user=attributes.get("sasl_username") or None,
+        tls=bool(attributes.get("encryption_protocol")),
+        tls_fingerprint=fingerprint_from_hex(attributes.get("ccert_fingerprint")),
+    )

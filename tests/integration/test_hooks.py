@@ -1,0 +1,526 @@
+"""The MTA hook sockets of ``etrn-bridge serve`` (plugin mode), over real sockets.
+
+Each test runs a real bridge process (log backend) with hooks on unix sockets
+in the test's private directory, and speaks the MTA's side of each protocol
+byte for byte: Postfix policy delegation, Exim's readsocket line, Sendmail's
+socketmap netstrings. Hostile input must end in a refusal or a close, never
+in an allow or a crash, and every request that reaches the service is audited
+once with its front end's name.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import grp
+import os
+import resource
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bridgekit import (
+    BASE_CONFIG,
+    IO_TIMEOUT,
+    Bridge,
+    merge_config,
+    run_bridge_process,
+    write_config,
+)
+
+POSTFIX_ETRN = (
+    "request=smtpd_access_policy\nprotocol_state=ETRN\nprotocol_name=ESMTP\n"
+    "client_address=127.0.0.1\nclient_port=40000\nhelo_name=client.test\n"
+    "sasl_username=\nccert_fingerprint=\netrn_domain={domain}\n\n"
+)
+
+
+def hooks_config(directory: Path, **overrides: Any) -> dict[str, Any]:
+    settings = {"request_timeout": 1, **overrides}
+    return {
+        "hooks": {
+            "postfix_policy": {"listen": f"unix:{directory / 'postfix.sock'}", **settings},
+            "exim": {"listen": f"unix:{directory / 'exim.sock'}", **settings},
+            "sendmail": {"listen": f"unix:{directory / 'sendmail.sock'}", **settings},
+        }
+    }
+
+
+@pytest.fixture
+def hooked(start_bridge: Callable[..., Bridge], tmp_path: Path) -> Bridge:
+    """A bridge with the listener and all three hooks."""
+    return start_bridge(hooks_config(tmp_path))
+
+
+def connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(IO_TIMEOUT)
+    sock.connect(str(path))
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def read_answers(sock: socket.socket, count: int, separator: bytes) -> list[bytes]:
+    data = b""
+    while data.count(separator) < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(separator)[:count]
+
+
+def exim(path: Path, line: bytes) -> bytes:
+    """What Exim's readsocket does: write, shut down writing, read to EOF."""
+    with connect(path) as sock:
+        sock.sendall(line)
+        sock.shutdown(socket.SHUT_WR)
+        return read_until_closed(sock)
+
+
+def netstring(text: str | bytes) -> bytes:
+    data = text.encode() if isinstance(text, str) else text
+    return str(len(data)).encode() + b":" + data + b","
+
+
+def read_netstrings(sock: socket.socket, count: int) -> list[str]:
+    """Parse ``count`` netstrings, checking each length and terminator."""
+    data = b""
+    found: list[str] = []
+    while len(found) < count:
+        length, colon, rest = data.partition(b":")
+        if colon and len(rest) > int(length):
+            assert rest[int(length) : int(length) + 1] == b","
+            found.append(rest[: int(length)].decode())
+            data = rest[int(length) + 1 :]
+            continue
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {found}"
+        data += chunk
+    return found
+
+
+# Postfix policy delegation ------------------------------------------------------------
+
+
+def test_postfix_many_requests_on_one_connection(hooked: Bridge, tmp_path: Path) -> None:
+    with connect(tmp_path / "postfix.sock") as sock:
+        sock.sendall(
+            POSTFIX_ETRN.format(domain="customer.example").encode()
+            + POSTFIX_ETRN.format(domain="other.example").encode()
+            + b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=127.0.0.1\n\n"
+            + POSTFIX_ETRN.format(domain="").encode()
+        )
+        answers = read_answers(sock, 4, b"\n\n")
+    assert answers == [
+        b"action=OK",
+        b"action=459 4.7.1 Node other.example not allowed: not authorized",
+        b"action=DUNNO",  # another protocol state: not an ETRN question
+        b"action=500 5.5.2 Syntax Error",
+    ]
+    records = hooked.etrn_records()
+    assert [(r["argument"], r["reply"]) for r in records] == [
+        ("customer.example", 250),
+        ("other.example", 459),
+        ("", 500),
+    ]
+    first = records[0]
+    assert first["frontend"] == "postfix-policy"
+    assert (first["client_ip"], first["client_port"], first["helo"]) == (
+        "127.0.0.1",
+        40000,
+        "client.test",
+    )
+    assert first["auth_user"] is None and first["tls"] is False
+    assert len({r["session"] for r in records}) == 1
+
+
+def test_postfix_identity_attributes(hooked: Bridge, tmp_path: Path) -> None:
+    fingerprint = ":".join(["AB"] * 32)
+    request = (
+        "request=smtpd_access_policy\nprotocol_state=ETRN\nclient_address=::1\n"
+        f"sasl_username=alice\nencryption_protocol=TLSv1.3\nccert_fingerprint={fingerprint}\n"
+        "etrn_domain=customer.example\n\n"
+    )
+    with connect(tmp_path / "postfix.sock") as sock:
+        sock.sendall(request.encode())
+        assert read_answers(sock, 1, b"\n\n") == [b"action=OK"]
+    [record] = hooked.etrn_records()
+    assert (record["client_ip"], record["auth_user"], record["tls"]) == ("::1", "alice", True)
+    assert record["tls_fingerprint"] == "sha256:" + fingerprint
+
+
+def test_postfix_missing_client_address_is_denied_and_audited(
+    hooked: Bridge, tmp_path: Path
+) -> None:
+    with connect(tmp_path / "postfix.sock") as sock:
+        sock.sendall(
+            b"request=smtpd_access_policy\nprotocol_state=ETRN\netrn_domain=customer.example\n\n"
+        )
+        [answer] = read_answers(sock, 1, b"\n\n")
+    assert answer.startswith(b"action=459 ")
+    [record] = hooked.etrn_records()
+    assert (record["decision"], record["client_ip"]) == ("deny", "")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"this is not an attribute\n\n",
+        b"\n",  # an empty request
+        b"protocol_state=ETRN\netrn_domain=customer.example\n\n",  # no request=
+        b"request=smtpd_access_policy\n=x\n\n",
+        b"\xff\xfe\x00\n\n",
+    ],
+)
+def test_postfix_garbage_is_closed_unanswered(
+    hooked: Bridge, tmp_path: Path, garbage: bytes
+) -> None:
+    with connect(tmp_path / "postfix.sock") as sock:
+        sock.sendall(garbage)
+        assert read_until_closed(sock) == b""  # Postfix then applies its default action
+    assert hooked.etrn_records() == []
+    assert_still_serving(hooked, tmp_path)
+
+
+def test_postfix_concurrent_connections(hooked: Bridge, tmp_path: Path) -> None:
+    def one(index: int) -> bytes:
+        with connect(tmp_path / "postfix.sock") as sock:
+            sock.sendall(POSTFIX_ETRN.format(domain="customer.example").encode() * 3)
+            return b"|".join(read_answers(sock, 3, b"\n\n"))
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(one, range(40)))
+    assert answers == [b"action=OK|action=OK|action=OK"] * 40
+    records = hooked.etrn_records()
+    assert len(records) == 120 and len({r["session"] for r in records}) == 40
+
+
+# Exim readsocket ----------------------------------------------------------------------
+
+
+def test_exim_answers_one_line_then_closes(hooked: Bridge, tmp_path: Path) -> None:
+    path = tmp_path / "exim.sock"
+    helo = "Y2xpZW50LnRlc3Q="  # base64 "client.test"
+    allowed = exim(path, f"ETRN 127.0.0.1 40000 {helo} - - @customer.net\n".encode())
+    assert allowed == b"OK 250 2.0.0 OK, queuing for node @customer.net started\n"
+    denied = exim(path, b"ETRN 127.0.0.1 40001 - YWxpY2U= - Customer.Example.Evil\n")
+    assert denied == b"DENY 459 4.7.1 Node customer.example.evil not allowed: not authorized\n"
+    # Exim refuses ETRN only with 4xx codes: a syntax error comes in its 4xx form
+    assert exim(path, b"ETRN 127.0.0.1 40002 - - - a b\n") == (
+        b"DENY 459 4.5.4 Syntax Error in Parameters\n"
+    )
+    records = hooked.etrn_records()
+    assert [(r["argument"], r["reply"]) for r in records] == [
+        ("@customer.net", 250),
+        ("Customer.Example.Evil", 459),
+        ("a b", 501),
+    ]
+    assert records[0]["frontend"] == "exim-acl"
+    assert (records[0]["helo"], records[1]["auth_user"]) == ("client.test", "alice")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"HELLO\n",
+        b"ETRN 127.0.0.1 1 - -\n",  # too few fields
+        b"ETRN 127.0.0.1 1 !!notbase64 - - customer.example\n",
+        b"ETRN 127.0.0.1 1 - - - customer.example",  # no newline before EOF
+    ],
+)
+def test_exim_garbage_is_closed_unanswered(hooked: Bridge, tmp_path: Path, garbage: bytes) -> None:
+    assert exim(tmp_path / "exim.sock", garbage) == b""  # Exim: "defer", 451
+    assert hooked.etrn_records() == []
+
+
+def test_exim_overlong_argument_is_refused_and_audited(hooked: Bridge, tmp_path: Path) -> None:
+    answer = exim(tmp_path / "exim.sock", b"ETRN 127.0.0.1 1 - - - " + b"a" * 2000 + b"\n")
+    assert answer == b"DENY 459 4.5.4 Syntax Error in Parameters\n"
+    [record] = hooked.etrn_records()
+    assert record["reply"] == 501 and record["reason"] == "command line too long"
+
+
+# Sendmail socketmap -------------------------------------------------------------------
+
+
+def test_sendmail_lookups_on_a_persistent_connection(hooked: Bridge, tmp_path: Path) -> None:
+    with connect(tmp_path / "sendmail.sock") as sock:
+        sock.sendall(
+            netstring("etrnpol 127.0.0.1/customer.example")
+            + netstring("etrnpol IPv6:::1/#customerq")
+            + netstring("etrnpol 127.0.0.1/mycustomer.example")
+            + netstring("etrnpol 127.0.0.1/")
+            + netstring("othermap 127.0.0.1/customer.example")
+            + netstring("etrnpol customer.example")  # no address: denied
+        )
+        answers = read_netstrings(sock, 6)
+    assert answers == [
+        'OK PASS "250 2.0.0 OK, queuing for node customer.example started"',
+        'OK PASS "250 2.0.0 OK, queuing for node #customerq started"',
+        'OK DENY "459 4.7.1 Node mycustomer.example not allowed: not authorized"',
+        'OK DENY "500 5.5.2 Syntax Error"',
+        "PERM unknown map 'othermap'",
+        'OK DENY "459 4.7.1 Node customer.example not allowed: not authorized"',
+    ]
+    records = hooked.etrn_records()
+    assert [(r["client_ip"], r["argument"], r["reply"]) for r in records] == [
+        ("127.0.0.1", "customer.example", 250),
+        ("::1", "#customerq", 250),
+        ("127.0.0.1", "mycustomer.example", 459),
+        ("127.0.0.1", "", 500),
+        ("", "customer.example", 459),
+    ]
+    assert {r["frontend"] for r in records} == {"sendmail-socketmap"}
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"hello",  # no length
+        b"5:abc,",  # shorter than announced, then EOF
+        b"3:abcd",  # not terminated by ','
+        b"007:etrnpol,",  # leading zeros
+        b"99999999999:",  # absurd length
+    ],
+)
+def test_sendmail_garbage_is_closed(hooked: Bridge, tmp_path: Path, garbage: bytes) -> None:
+    with connect(tmp_path / "sendmail.sock") as sock:
+        sock.sendall(garbage)
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b""  # Sendmail: TEMP, the ruleset's 458
+    assert hooked.etrn_records() == []
+
+
+# Limits common to every hook ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "flood"),
+    [
+        ("postfix.sock", b"request=smtpd_access_policy\n" + b"x=" + b"a" * 100_000),
+        ("exim.sock", b"ETRN 127.0.0.1 1 - - - " + b"a" * 100_000),
+        ("sendmail.sock", b"100000:" + b"a" * 100_000),
+    ],
+)
+def test_oversized_request_is_closed(
+    hooked: Bridge, tmp_path: Path, name: str, flood: bytes
+) -> None:
+    with connect(tmp_path / name) as sock:
+        # closed while we were still writing: that is the refusal
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(flood)
+        assert read_until_closed(sock) == b""
+    assert hooked.etrn_records() == []
+    assert_still_serving(hooked, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "start"),
+    [
+        ("postfix.sock", b"request=smtpd_access_policy\nprotocol_state=ETRN\n"),
+        ("exim.sock", b"ETRN 127.0.0.1 1 - - - customer.exa"),
+        ("sendmail.sock", b"40:etrnpol 127.0.0.1/customer"),
+    ],
+)
+def test_unfinished_request_times_out(
+    hooked: Bridge, tmp_path: Path, name: str, start: bytes
+) -> None:
+    """request_timeout (1 s here): a request begun and never finished is dropped."""
+    with connect(tmp_path / name) as sock:
+        sock.sendall(start)
+        assert read_until_closed(sock) == b""
+    assert hooked.etrn_records() == []
+    hooked.wait_for_log("not finished within 1 s")
+
+
+def test_connection_cap(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
+    """1,000 connections against a cap of 50: the first 50 are served, the rest
+    closed at once, and the hook answers again once they are gone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(4096, hard)), hard))
+    bridge = start_bridge(hooks_config(tmp_path, max_connections=50, request_timeout=30))
+    held = []
+    try:
+        for _ in range(1000):
+            held.append(connect_when_accepted(tmp_path / "sendmail.sock"))
+        for sock in held[50:]:
+            assert read_until_closed(sock) == b""
+        for sock in held[:50]:
+            sock.settimeout(0.01)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    bridge.wait_for_log("50 connections open: refusing one")
+    assert_still_serving(bridge, tmp_path)
+
+
+def connect_when_accepted(path: Path) -> socket.socket:
+    """Connect, waiting while the listen queue is full (a unix socket says EAGAIN)."""
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        try:
+            return connect(path)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def assert_still_serving(bridge: Bridge, directory: Path) -> None:
+    assert bridge.process.poll() is None
+    before = len(bridge.etrn_records())
+    answer = exim(directory / "exim.sock", b"ETRN 127.0.0.1 1 - - - customer.example\n")
+    assert answer.startswith(b"OK 250 ")
+    assert len(bridge.etrn_records()) == before + 1
+
+
+# Sockets ------------------------------------------------------------------------------
+
+
+def test_socket_mode_group_and_removal(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
+    group = "nogroup" if os.geteuid() == 0 else None
+    config = hooks_config(tmp_path, mode="0640")
+    if group:
+        config["hooks"]["exim"]["group"] = group
+    bridge = start_bridge(config)
+    info = os.stat(tmp_path / "exim.sock")
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o640
+    if group:
+        assert info.st_gid == grp.getgrnam(group).gr_gid
+    assert bridge.stop() == 0
+    assert not (tmp_path / "exim.sock").exists()  # removed on a clean stop
+
+
+def test_stale_socket_is_replaced(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "exim.sock"))
+    stale.close()  # the file stays, nobody listens: a crashed bridge's socket
+    bridge = start_bridge(hooks_config(tmp_path))
+    assert_still_serving(bridge, tmp_path)
+
+
+def run_serve(config_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: PLW1510 (the exit status is the subject)
+        [sys.executable, "-m", "etrn_bridge", "serve", "-c", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_refuses_to_replace_a_file_or_a_live_socket(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    (tmp_path / "postfix.sock").write_text("not a socket")
+    config = write_config(tmp_path, hooks_config(tmp_path), "refused.yaml")
+    result = run_serve(config)
+    assert result.returncode == 1
+    assert "postfix.sock: exists and is not a socket" in result.stderr
+    assert (tmp_path / "postfix.sock").read_text() == "not a socket"
+    (tmp_path / "postfix.sock").unlink()
+    start_bridge(hooks_config(tmp_path))  # a live bridge holds the sockets
+    result = run_serve(config)
+    assert result.returncode == 1
+    assert "another process is listening on it" in result.stderr
+
+
+def test_refuses_a_world_writable_directory(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    config = write_config(
+        tmp_path,
+        {"backend": {"type": "log"}, "hooks": {"exim": {"listen": f"unix:{shared}/exim.sock"}}},
+        "shared.yaml",
+    )
+    result = run_serve(config)
+    assert result.returncode == 1
+    assert "is world-writable" in result.stderr
+    assert not (shared / "exim.sock").exists()
+
+
+def test_hooks_only_process_has_no_listener(tmp_path: Path) -> None:
+    """'listen' left out with a hook configured: no ETRN listener at all."""
+    config = {"backend": {"type": "log"}, "audit": {"file": "audit.jsonl"}}
+    config.update(hooks_config(tmp_path))
+    path = write_config(tmp_path, config, "hooks-only.yaml")
+    process = run_bridge_process(path)
+    try:
+        assert process.stderr is not None
+        ready = next(line for line in process.stderr if "ready, listening on" in line)
+        listed = ready.split("ready, listening on ")[1].split()
+        assert [item.split("@")[0] for item in listed] == [
+            "postfix-policy",
+            "exim-acl",
+            "sendmail-socketmap",
+        ]
+        answer = exim(tmp_path / "exim.sock", b"ETRN 127.0.0.1 1 - - - customer.example\n")
+        assert answer.startswith(b"DENY 459 ")  # no policy: nothing is allowed
+    finally:
+        process.terminate()
+        assert process.wait(15) == 0
+
+
+def test_reload_applies_to_hooks(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
+    """SIGHUP: the hooks' next requests (even on an open connection) use the new policy."""
+    config = hooks_config(tmp_path)
+    bridge = start_bridge(config)
+    path = tmp_path / "postfix.sock"
+    with connect(path) as sock:
+        sock.sendall(POSTFIX_ETRN.format(domain="other.example").encode())
+        assert read_answers(sock, 1, b"\n\n")[0].startswith(b"action=459 ")
+        other = {"id": "other", "networks": ["127.0.0.0/8"], "targets": ["other.example"]}
+        write_config(
+            tmp_path,
+            merge_config(BASE_CONFIG, {**config, "policy": {"clients": [other]}}),
+        )
+        bridge.send_signal(signal.SIGHUP)
+        bridge.wait_for_log("reload: .* is in force")
+        sock.sendall(POSTFIX_ETRN.format(domain="other.example").encode())
+        assert read_answers(sock, 1, b"\n\n") == [b"action=OK"]
+
+
+def test_workers_share_the_hook_sockets(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    bridge = start_bridge({**hooks_config(tmp_path), "workers": 2})
+    answers = {
+        exim(tmp_path / "exim.sock", b"ETRN 127.0.0.1 1 - - - customer.example\n")
+        for _ in range(20)
+    }
+    assert answers == {b"OK 250 2.0.0 OK, queuing for node customer.example started\n"}
+    assert len(bridge.etrn_records()) == 20
+    assert bridge.stop() == 0
+    assert not (tmp_path / "exim.sock").exists()
+
+
+def test_sockets_are_made_before_privileges_drop(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    """As root with 'user: nobody': the socket is made by root, with the
+    configured group, and the process serves it after dropping to nobody."""
+    if os.geteuid() != 0:
+        pytest.skip("dropping privileges needs root (CI runs the suite as root)")
+    config = hooks_config(tmp_path, group="nogroup")
+    bridge = start_bridge({**config, "user": "nobody"})
+    bridge.wait_for_log("running as nobody")
+    info = os.stat(tmp_path / "exim.sock")
+    assert (info.st_uid, info.st_gid) == (0, grp.getgrnam("nogroup").gr_gid)
+    assert_still_serving(bridge, tmp_path)
