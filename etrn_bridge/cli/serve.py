@@ -150,10 +150,11 @@ def run_worker(runtime: Runtime, sockets: list[socket.socket]) -> int:
 
 
 def on_sighup(runtime: Runtime) -> None:
-    """SIGHUP: re-open the audit file after rotation, then re-read the config's policy."""
+    """SIGHUP: re-open the audit file after rotation, then re-read the config's policy
+    (built off the event loop, so sessions are answered while it loads)."""
     runtime.audit.reopen()
     log.info("SIGHUP: audit file re-opened")
-    runtime.service.reload_from(runtime.config.path)
+    runtime.service.reload_in_background(runtime.config.path)
 
 
 async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
