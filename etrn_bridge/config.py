@@ -22,6 +22,7 @@ from etrn_bridge.backends.base import BackendOptionError, create_backend
 from etrn_bridge.policy.compile import PolicyProblem, compile_policy
 from etrn_bridge.policy.limits import LimitSettings, parse_limits
 from etrn_bridge.policy.model import Policy
+from etrn_bridge.queueindex.settings import IndexSettings, parse_index
 from etrn_bridge.schema import config_schema
 from etrn_bridge.yamlmarks import KeyPath, Mark, MarkedDocument, format_path, load_marked
 
@@ -95,6 +96,7 @@ class Config:
     user: str | None = None  # drop to this user after binding the ports
     workers: int = 1  # serving processes forked by `serve`
     event_loop: str = "asyncio"  # or "uvloop" (optional extra)
+    index: IndexSettings | None = None  # the queue index; None: list the queue
 
 
 def load_config(path: str | Path) -> Config:
@@ -247,6 +249,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         user=data.get("user"),
         workers=data.get("workers", 1),
         event_loop=data.get("event_loop", "asyncio"),
+        index=parse_index(data.get("index"), base_dir),
     )
 
 

@@ -79,6 +79,8 @@ class FlushResult:
     # Set when the flush goes on after the reply (Exim's -R runs deliveries in the
     # foreground): the service awaits it in the background and audits its end.
     completion: asyncio.Future[FlushResult] | None = field(default=None, compare=False)
+    # Where the selection came from: "index", "listing" or "shared_listing" (audited).
+    selected_from: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

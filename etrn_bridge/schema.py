@@ -11,6 +11,7 @@ from typing import Any
 from etrn_bridge import defaults
 from etrn_bridge.backends.base import registered_backends
 from etrn_bridge.policy.schema import LIMITS_SCHEMA, POLICY_SCHEMA
+from etrn_bridge.queueindex.settings import INDEX_SCHEMA
 
 SCHEMA_ID = "https://etrn-bridge.invalid/schema/config.json"
 
@@ -173,6 +174,7 @@ def config_schema() -> dict[str, Any]:
                 },
             },
             "limits": LIMITS_SCHEMA,
+            "index": INDEX_SCHEMA,
             "policy": POLICY_SCHEMA,
         },
     }

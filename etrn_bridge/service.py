@@ -24,6 +24,7 @@ from pathlib import Path
 
 from etrn_bridge.audit import AuditLog, flush_record, timestamp
 from etrn_bridge.backends.base import Backend, create_backend
+from etrn_bridge.backends.reconcile import with_index
 from etrn_bridge.config import Config, ConfigError, load_config
 from etrn_bridge.policy.coalesce import FlushCoalescer
 from etrn_bridge.policy.index import client_address
@@ -85,7 +86,7 @@ class Service:
     ) -> Service:
         return cls(
             config.policy,
-            create_backend(config.backend),
+            with_index(create_backend(config.backend), config.index),
             audit,
             config.limits,
             ForwardConfirmedRdns(resolver),
@@ -178,7 +179,8 @@ class Service:
 
     def reload(self, config: Config) -> None:
         """Put a validated config's policy, limits and backend in force."""
-        self._state = PolicyState(config.policy, config.limits, create_backend(config.backend))
+        backend = with_index(create_backend(config.backend), config.index)
+        self._state = PolicyState(config.policy, config.limits, backend)
         self.audit.write(
             {
                 "ts": timestamp(),

@@ -187,3 +187,25 @@ def _reject_unsafe_characters(text: str) -> None:
             raise TargetError("control character in argument")
         if char.isspace():
             raise TargetError("white space inside argument")
+
+
+def recipient_domain(address: str) -> str | None:
+    """The recipient's domain as lower-case A-labels, comparable with ``Target.name``.
+
+    Only the part after the last ``@`` counts (a local part may contain ``@``
+    when quoted, and may look like a domain: ``customer.test@other.test``).
+    None when the address has no domain or it is not a valid IDNA name.
+    """
+    address = address.strip().strip("<>")
+    local, at, domain = address.rpartition("@")
+    if not at or not local:
+        return None
+    domain = domain.rstrip(".")
+    if not domain:
+        return None
+    if domain.isascii():
+        return domain.lower()
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None

@@ -32,7 +32,6 @@ from typing import Any, ClassVar
 from etrn_bridge.backends.mta import (
     Finding,
     Level,
-    ListingError,
     MtaBackend,
     QueuedMessage,
     chunks,
@@ -53,8 +52,16 @@ DEFAULT_DELIVERY_TIMEOUT = 600.0
 # one indented line per recipient; "D" marks a delivered one, "+D" a delivered
 # address generated from it. Ids: 16 characters up to 4.96, 23 from 4.97.
 _MESSAGE_LINE = re.compile(r"^\s*\d+[smhdwy]\s+\S+\s+(?P<id>[0-9A-Za-z]+(?:-[0-9A-Za-z]+){2})\s")
+_MESSAGE_LINE_SIZE = re.compile(r"^\s*\d+[smhdwy]\s+(?P<size>[0-9.]+)(?P<unit>[KMG]?)\s")
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _FROZEN = "*** frozen ***"
 _DELIVERED = re.compile(r"^\+?D\s")
+
+
+def _listed_size(header: str) -> int:
+    """The size column: bytes, or rounded to K/M/G from 10K on."""
+    match = _MESSAGE_LINE_SIZE.match(header)
+    return 0 if match is None else int(float(match["size"]) * _SIZE_UNITS[match["unit"]])
 
 
 def parse_exim_bp(output: bytes, queue: str | None = None) -> list[QueuedMessage]:
@@ -63,16 +70,17 @@ def parse_exim_bp(output: bytes, queue: str | None = None) -> list[QueuedMessage
     queue_id: str | None = None
     recipients: list[str] = []
     frozen = False
+    size = 0
 
     def close() -> None:
         if queue_id is not None and not frozen:
-            messages.append(QueuedMessage(queue_id, tuple(recipients), queue))
+            messages.append(QueuedMessage(queue_id, tuple(recipients), queue, size=size))
 
     for raw in output.decode("utf-8", "surrogateescape").splitlines():
         header = _MESSAGE_LINE.match(raw)
         if header:
             close()
-            queue_id, recipients = header["id"], []
+            queue_id, recipients, size = header["id"], [], _listed_size(raw)
             frozen = raw.rstrip().endswith(_FROZEN)
         elif raw[:1].isspace() and raw.strip() and queue_id is not None:
             text = raw.strip()
@@ -104,11 +112,10 @@ class EximBackend(MtaBackend):
         super().__init__(options)
         self.delivery_timeout = float(options.get("delivery_timeout", DEFAULT_DELIVERY_TIMEOUT))
 
-    async def list_queue(self, target: Target) -> list[QueuedMessage]:
-        queue = target.name if target.kind is TargetKind.QUEUE else None
-        result = await self.run("-bp", *(("-qG" + queue,) if queue else ()))
-        if not result.ok:
-            raise ListingError(result)
+    def listing_arguments(self, queue: str | None) -> tuple[str, ...]:
+        return ("-bp", *(("-qG" + queue,) if queue else ()))
+
+    def parse_listing(self, result: ProgramResult, queue: str | None) -> list[QueuedMessage]:
         return parse_exim_bp(result.stdout, queue)
 
     async def flush_selected(self, target: Target, queue_ids: tuple[str, ...]) -> FlushResult:

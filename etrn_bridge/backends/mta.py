@@ -1,35 +1,50 @@
 """What the Postfix, Exim and Sendmail backends share: options, listing, selection.
 
-Each MTA backend does the same three steps: list the queue with the MTA's own
-listing command, select the messages with a recipient the target covers
-(exact domain comparison, never a substring), then flush exactly those. This
-module owns the steps; a subclass owns only the MTA's argv and output format.
+Each MTA backend does the same three steps: find the queued messages (from the
+queue index when one is configured, else from the MTA's own listing, one run
+shared by concurrent requests), select those with a recipient the target
+covers (exact domain comparison, never a substring), then flush exactly
+those. This module owns the steps; a subclass owns only the MTA's argv and
+output format.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
 import re
+import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Self
 
-import idna
 import jsonschema
 
 from etrn_bridge.backends.base import BackendOptionError
+from etrn_bridge.backends.listing import SharedListing
 from etrn_bridge.backends.process import ProgramResult, run_program
+from etrn_bridge.queueindex.store import IndexedMessage, QueueIndex
 from etrn_bridge.request import FlushResult
-from etrn_bridge.target import Target, TargetKind
+from etrn_bridge.target import Target, TargetKind, recipient_domain
 
 # Which recipient domains (lower-case A-labels) a target selects.
 DomainPredicate = Callable[[str], bool]
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_CONCURRENT = 4
+# A listing that began this many seconds ago still answers a new request: a
+# burst of ETRN shares one run, and mail queued within the last second may be
+# missed by it (the client's next ETRN finds it).
+DEFAULT_LISTING_MAX_AGE = 1.0
+# Where a flush's selection came from (audited as "selected_from").
+FROM_INDEX = "index"
+FROM_LISTING = "listing"  # a listing run started for this request
+FROM_SHARED_LISTING = "shared_listing"  # another request's listing, in flight or recent
+
+log = logging.getLogger("etrn_bridge.backend")
 # Queue ids per flush command line: far below ARG_MAX (2 MiB on Linux) even
 # with Exim 4.97+ 23-character ids, and small enough to run a few in parallel.
 MAX_IDS_PER_RUN = 200
@@ -42,6 +57,8 @@ class QueuedMessage:
     queue_id: str
     recipients: tuple[str, ...]
     queue: str | None = None  # Exim named queue / Postfix queue, when the listing says
+    size: int = 0  # bytes, as the listing gives it (Exim rounds to K/M)
+    held: bool = False  # in Postfix's hold queue: no flush releases it
 
 
 class ListingError(Exception):
@@ -57,28 +74,6 @@ class UnknownQueue(Exception):
     """The MTA says the ``#queue`` named does not exist (459, like Sendmail's own ETRN)."""
 
 
-def recipient_domain(address: str) -> str | None:
-    """The recipient's domain as lower-case A-labels, comparable with ``Target.name``.
-
-    Only the part after the last ``@`` counts (a local part may contain ``@``
-    when quoted, and may look like a domain: ``customer.test@other.test``).
-    None when the address has no domain or it is not a valid IDNA name.
-    """
-    address = address.strip().strip("<>")
-    local, at, domain = address.rpartition("@")
-    if not at or not local:
-        return None
-    domain = domain.rstrip(".")
-    if not domain:
-        return None
-    if domain.isascii():
-        return domain.lower()
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class Selection:
     """The messages a target selects. ``shared`` counts those that also have
@@ -89,10 +84,12 @@ class Selection:
 
 
 def select_messages(messages: Iterable[QueuedMessage], covers: DomainPredicate) -> Selection:
-    """The messages with at least one recipient whose domain is covered."""
+    """The messages with at least one recipient whose domain is covered (held ones never)."""
     selected: list[str] = []
     shared = 0
     for message in messages:
+        if message.held:
+            continue
         covered = [_covered(address, covers) for address in message.recipients]
         if any(covered):
             selected.append(message.queue_id)
@@ -146,6 +143,15 @@ def _schema(program_option: str, default_program: str, extra: Mapping[str, Any])
             "minimum": 1,
             "default": DEFAULT_MAX_CONCURRENT,
             "description": "MTA commands running at the same time, at most.",
+        },
+        "listing_max_age": {
+            "type": "number",
+            "minimum": 0,
+            "default": DEFAULT_LISTING_MAX_AGE,
+            "description": "Seconds a queue listing stays good for further requests: "
+            "concurrent ETRN share one listing run in flight, and one that began at most "
+            "this long ago is reused (0: share only the run in flight). Not used for "
+            "targets the queue index answers.",
         },
     }
     properties.update(extra)
@@ -211,6 +217,14 @@ class MtaBackend(ABC):
         self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
         self.max_concurrent = int(options.get("max_concurrent", DEFAULT_MAX_CONCURRENT))
         self._slots: asyncio.Semaphore | None = None
+        self.listings: SharedListing[list[QueuedMessage]] = SharedListing(
+            float(options.get("listing_max_age", DEFAULT_LISTING_MAX_AGE))
+        )
+        # Set by use_index(): nodes and @nodes are then selected from it.
+        self.index: QueueIndex | None = None
+
+    def use_index(self, index: QueueIndex) -> None:
+        self.index = index
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Self:
@@ -240,8 +254,32 @@ class MtaBackend(ABC):
     # -- what a subclass provides -------------------------------------------------
 
     @abstractmethod
+    def listing_arguments(self, queue: str | None) -> tuple[str, ...]:
+        """The listing command's arguments: the default listing, or one named queue."""
+
+    @abstractmethod
+    def parse_listing(self, result: ProgramResult, queue: str | None) -> list[QueuedMessage]:
+        """The messages of a listing run (held ones marked); raises ListingError/UnknownQueue."""
+
     async def list_queue(self, target: Target) -> list[QueuedMessage]:
         """The messages the MTA lists for this target's queue; raises ListingError."""
+        messages, _ = await self._listed(target.name if target.kind is TargetKind.QUEUE else None)
+        return messages
+
+    async def queued_messages(self) -> list[QueuedMessage]:
+        """The whole default listing, run now, held messages included (for reconciliation:
+        it must know when its listing began, so it shares no run)."""
+        return await self._list_now(None)
+
+    async def _listed(self, queue: str | None) -> tuple[list[QueuedMessage], bool]:
+        """(messages, whether another request's run supplied them)."""
+        return await self.listings.get(self.listing_arguments(queue), lambda: self._list_now(queue))
+
+    async def _list_now(self, queue: str | None) -> list[QueuedMessage]:
+        result = await self.run(*self.listing_arguments(queue))
+        if not result.ok:
+            raise ListingError(result)
+        return self.parse_listing(result, queue)
 
     @abstractmethod
     async def flush_selected(self, target: Target, queue_ids: tuple[str, ...]) -> FlushResult:
@@ -255,35 +293,68 @@ class MtaBackend(ABC):
 
     # -- the Backend protocol ---------------------------------------------------------
 
-    async def selected(self, target: Target) -> Selection | None:
+    async def selected(self, target: Target) -> tuple[Selection, str] | None:
+        """The selection and where it came from (FROM_*); None: this MTA cannot serve it."""
         covers = self.covers(target)
         if covers is None:
             return None
-        return select_messages(await self.list_queue(target), covers)
+        if target.kind is not TargetKind.QUEUE:
+            indexed = self._from_index(target)
+            if indexed is not None:
+                return select_messages(indexed, covers), FROM_INDEX
+        queue = target.name if target.kind is TargetKind.QUEUE else None
+        messages, shared = await self._listed(queue)
+        return select_messages(messages, covers), FROM_SHARED_LISTING if shared else FROM_LISTING
+
+    def _from_index(self, target: Target) -> list[QueuedMessage] | None:
+        """The index's messages for a node/@node; None when it cannot answer (none
+        configured, never reconciled yet, unreadable): then the listing does."""
+        if self.index is None:
+            return None
+        try:
+            if self.index.last_reconciled() is None:
+                return None  # an index nothing has filled yet would answer 251 for all
+            found = self.index.select(target)
+        except sqlite3.Error as exc:
+            log.warning("queue index %s unusable (%s): listing the queue", self.index.path, exc)
+            return None
+        return [_queued(message) for message in found]
 
     async def pending(self, target: Target) -> int | None:
         try:
-            selection = await self.selected(target)
+            selected = await self.selected(target)
         except (ListingError, UnknownQueue):
             return None
-        return None if selection is None else len(selection.queue_ids)
+        return None if selected is None else len(selected[0].queue_ids)
 
     async def flush(self, target: Target) -> FlushResult:
         try:
-            selection = await self.selected(target)
+            selected = await self.selected(target)
         except ListingError as exc:
             return FlushResult(started=False, exit_status=exc.result.exit_status, detail=exc.reason)
         except UnknownQueue as exc:
             return FlushResult(started=False, unsupported=True, detail=str(exc))
-        if selection is None:
+        if selected is None:
             return FlushResult(
                 started=False, unsupported=True, detail=f"{self.name}: no queue named {target}"
             )
+        selection, source = selected
         if not selection.queue_ids:
             # Nothing waiting: no flush at all (251).
-            return FlushResult(started=True, pending=0)
+            return FlushResult(started=True, pending=0, selected_from=source)
         result = await self.flush_selected(target, selection.queue_ids)
-        return replace(result, shared=selection.shared)
+        if result.started and self.index is not None:
+            self._forget_flushed(selection.queue_ids)
+        return replace(result, shared=selection.shared, selected_from=source)
+
+    def _forget_flushed(self, queue_ids: tuple[str, ...]) -> None:
+        """Flushed ids are not counted again; one deferred again returns with the next
+        reconciliation. A failure here costs only that: the flush has started."""
+        assert self.index is not None
+        try:
+            self.index.mark_flushed(queue_ids)
+        except sqlite3.Error as exc:
+            log.warning("queue index %s: flushed ids not marked (%s)", self.index.path, exc)
 
     async def run_each(
         self, argvs: Iterable[Sequence[str]], timeout: float | None = None
@@ -322,3 +393,7 @@ class MtaBackend(ABC):
     @abstractmethod
     async def check_setup(self, user: str, targets: list[Target]) -> list[Finding]:
         """May ``user`` flush, and is the MTA's own ETRN off."""
+
+
+def _queued(message: IndexedMessage) -> QueuedMessage:
+    return QueuedMessage(message.queue_id, message.recipients, size=message.size, held=message.held)

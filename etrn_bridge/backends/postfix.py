@@ -47,18 +47,23 @@ def parse_postqueue_json(output: bytes) -> list[QueuedMessage]:
     """``postqueue -j`` (Postfix >= 3.1): one JSON object per line, per queue file.
 
     Only still undelivered recipients are listed by Postfix; held messages are
-    left out because no flush releases them.
+    marked, because no flush releases them.
     """
     messages: list[QueuedMessage] = []
     for line in output.splitlines():
         if not line.strip():
             continue
         record = json.loads(line)
-        if record.get("queue_name") == HELD_QUEUE:
-            continue
         recipients = tuple(str(r["address"]) for r in record.get("recipients", ()))
+        queue = record.get("queue_name")
         messages.append(
-            QueuedMessage(str(record["queue_id"]), recipients, record.get("queue_name"))
+            QueuedMessage(
+                str(record["queue_id"]),
+                recipients,
+                queue,
+                size=int(record.get("message_size", 0)),
+                held=queue == HELD_QUEUE,
+            )
         )
     return messages
 
@@ -100,10 +105,10 @@ class PostfixBackend(MtaBackend):
             return None if domains is None else domains.__contains__
         return target.covers_domain
 
-    async def list_queue(self, target: Target) -> list[QueuedMessage]:
-        result = await self.run("-j")
-        if not result.ok:
-            raise ListingError(result)
+    def listing_arguments(self, queue: str | None) -> tuple[str, ...]:
+        return ("-j",)  # Postfix has no named queues: "#name" is a mapping of domains
+
+    def parse_listing(self, result: ProgramResult, queue: str | None) -> list[QueuedMessage]:
         try:
             return parse_postqueue_json(result.stdout)
         except (ValueError, KeyError, TypeError) as exc:

@@ -21,7 +21,6 @@ import re
 from etrn_bridge.backends.mta import (
     Finding,
     Level,
-    ListingError,
     MtaBackend,
     QueuedMessage,
     UnknownQueue,
@@ -35,7 +34,7 @@ from etrn_bridge.target import Target, TargetKind
 # printqueue() in sendmail/queue.c: the id, one status character ("*" being
 # delivered, "X" load too high, "-" too young), size, time, sender. Recipient
 # and reason lines are indented; reasons are in parentheses.
-_MESSAGE_LINE = re.compile(r"^(?P<id>[0-9A-Za-z]+)[*X-]?\s+\d+\s")
+_MESSAGE_LINE = re.compile(r"^(?P<id>[0-9A-Za-z]+)[*X-]?\s+(?P<size>\d+)\s")
 _RECIPIENT = re.compile(r"^<?(?P<address>[^\s<>()]*@[^\s<>()]+)>?$")
 _UNKNOWN_GROUP = re.compile(rb"^Queue group \S+ unknown", re.MULTILINE)
 # Debian's sendmail-bin (and Sendmail's compiled-in _PATH_SENDMAILCF).
@@ -48,16 +47,17 @@ def parse_sendmail_bp(output: bytes) -> list[QueuedMessage]:
     messages: list[QueuedMessage] = []
     queue_id: str | None = None
     recipients: list[str] = []
+    size = 0
 
     def close() -> None:
         if queue_id is not None:
-            messages.append(QueuedMessage(queue_id, tuple(recipients)))
+            messages.append(QueuedMessage(queue_id, tuple(recipients), size=size))
 
     for raw in output.decode("utf-8", "surrogateescape").splitlines():
         header = _MESSAGE_LINE.match(raw)
         if header:
             close()
-            queue_id, recipients = header["id"], []
+            queue_id, recipients, size = header["id"], [], int(header["size"])
         elif raw[:1].isspace() and queue_id is not None:
             recipient = _RECIPIENT.match(raw.strip())
             if recipient:
@@ -75,12 +75,11 @@ class SendmailBackend(MtaBackend):
     default_program = "/usr/sbin/sendmail"
     command_samples = (("-bp",), ("-qI6ASFN95v009494",))
 
-    async def list_queue(self, target: Target) -> list[QueuedMessage]:
-        group = target.kind is TargetKind.QUEUE
-        result = await self.run("-bp", *(("-qG" + target.name,) if group else ()))
-        if not result.ok:
-            raise ListingError(result)
-        if group and _UNKNOWN_GROUP.search(result.stdout + result.stderr):
+    def listing_arguments(self, queue: str | None) -> tuple[str, ...]:
+        return ("-bp", *(("-qG" + queue,) if queue else ()))
+
+    def parse_listing(self, result: ProgramResult, queue: str | None) -> list[QueuedMessage]:
+        if queue is not None and _UNKNOWN_GROUP.search(result.stdout + result.stderr):
             raise UnknownQueue(result.detail())
         return parse_sendmail_bp(result.stdout)
 

@@ -14,6 +14,7 @@ import pwd
 from etrn_bridge.audit import AuditLog, flush_record
 from etrn_bridge.backends.base import Backend, create_backend
 from etrn_bridge.backends.mta import ListingError, MtaBackend, UnknownQueue
+from etrn_bridge.backends.reconcile import with_index
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.request import FlushResult
 from etrn_bridge.target import Target, TargetError, parse_target
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_or_report(args.config)
     if config is None:
         return 1
-    backend = create_backend(config.backend)  # the loader has validated its options
+    # The loader has validated its options.
+    backend = with_index(create_backend(config.backend), config.index)
     if args.dry_run:
         return asyncio.run(dry_run(backend, target))
     audit = AuditLog(config.audit.file, config.audit.syslog, config.audit.syslog_address)
@@ -55,16 +57,17 @@ async def dry_run(backend: Backend, target: Target) -> int:
         print(f"{target}: the {backend.name} backend cannot list a queue")
         return 1
     try:
-        selection = await backend.selected(target)
+        selected = await backend.selected(target)
     except (ListingError, UnknownQueue) as exc:
         print(f"{target}: cannot list the queue: {exc}")
         return 1
-    if selection is None:
+    if selected is None:
         print(f"{target}: not supported by the {backend.name} backend")
         return 1
+    selection, source = selected
     for queue_id in selection.queue_ids:
         print(queue_id)
-    print(f"{target}: {len(selection.queue_ids)} message(s) would be flushed")
+    print(f"{target}: {len(selection.queue_ids)} message(s) would be flushed (from the {source})")
     if selection.shared:
         print(
             f"{target}: {selection.shared} of them also have recipients elsewhere; "

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from etrn_bridge.audit import AuditLog
+from etrn_bridge.backends.reconcile import start_reconciler
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config, ListenAddress
 from etrn_bridge.frontends.listener import Listener
@@ -164,9 +165,12 @@ async def serve(runtime: Runtime, sockets: list[socket.socket]) -> int:
         # the worker by default action) before the handlers above exist.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED_SIGNALS)
         await runtime.listener.serve(sockets)
+        reconciling = start_reconciler(runtime.config.index, lambda: runtime.service.backend)
         log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
         log.info(READY_MESSAGE, " ".join(bound_name(sock) for sock in sockets))
         await stop.wait()
+        if reconciling is not None:
+            reconciling.cancel()
         log.info("stopping: closing sessions, waiting for flushes still running")
         await runtime.listener.stop(SHUTDOWN_GRACE)
         await runtime.service.drain()

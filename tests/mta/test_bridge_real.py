@@ -71,9 +71,14 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
 
 @contextmanager
 def running_bridge(
-    tmp_path: Path, backend: dict[str, object], user: str | None = None
+    tmp_path: Path,
+    backend: dict[str, object],
+    user: str | None = None,
+    targets: list[str] = POLICY_TARGETS,
+    extra: str = "",
 ) -> Iterator[Bridge]:
-    """``etrn-bridge serve`` as root (binding, opening the audit), as ``user`` after."""
+    """``etrn-bridge serve`` as root (binding, opening the audit), as ``user`` after;
+    ``extra``: more top-level config."""
     port = free_port()
     config = tmp_path / "etrn-bridge.yaml"
     config.write_text(
@@ -86,8 +91,8 @@ policy:
   clients:
     - id: lab
       networks: ["127.0.0.0/8"]
-      targets: {json.dumps(POLICY_TARGETS)}
-"""
+      targets: {json.dumps(targets)}
+{extra}"""
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "etrn_bridge", "serve", "-c", str(config)],

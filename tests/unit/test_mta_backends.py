@@ -46,10 +46,14 @@ def test_selection_counts_messages_also_addressed_elsewhere() -> None:
 
 def test_postqueue_json() -> None:
     messages = parse_postqueue_json(read("postqueue-j.jsonl"))
-    # 7 queue files, one on hold: a flush would not release it, so not listed.
-    assert len(messages) == 6
-    assert all(m.queue == "deferred" for m in messages)
-    assert "user@mycustomer.test" not in {r for m in messages for r in m.recipients}
+    # 7 queue files, one on hold: listed as held, and no selection takes it.
+    assert len(messages) == 7
+    held = [m for m in messages if m.held]
+    assert [(m.queue, m.recipients) for m in held] == [("hold", ("user@mycustomer.test",))]
+    assert all(m.queue == "deferred" and m.size > 0 for m in messages if not m.held)
+    assert select_messages(messages, lambda domain: True).queue_ids == tuple(
+        m.queue_id for m in messages if not m.held
+    )
     assert ("user@Customer.Test", "other@noflush.test") in [m.recipients for m in messages]
 
 
@@ -61,12 +65,20 @@ def test_exim_bp() -> None:
     by_id = {m.queue_id: m.recipients for m in messages}
     assert "1xXKdU-0002DW-2x" not in by_id
     assert by_id["1xXKdV-0002EZ-2j"] == ("user@Customer.Test",)  # "D other@..." delivered
+    assert all(m.size > 300 for m in messages)  # "402" bytes; "1.2K" would be 1228
+
+
+def test_exim_bp_rounded_sizes() -> None:
+    listing = b" 5m   12K 1xXKdU-0002DS-1d <s@client.test>\n          u@customer.test\n\n"
+    listing += b" 5m  1.5M 1xXKdU-0002DS-1e <s@client.test>\n          u@customer.test\n"
+    assert [m.size for m in parse_exim_bp(listing)] == [12 * 1024, int(1.5 * 1024 * 1024)]
 
 
 def test_sendmail_bp() -> None:
     messages = parse_sendmail_bp(read("sendmail-bp.txt"))
     assert len(messages) == 7
     assert all(len(m.queue_id) == 14 for m in messages)
+    assert all(m.size > 0 for m in messages)
     assert ("user@Customer.Test", "other@noflush.test") in [m.recipients for m in messages]
 
 
