@@ -19,6 +19,7 @@ import yaml
 
 from etrn_bridge import defaults
 from etrn_bridge.backends.base import BackendOptionError, create_backend
+from etrn_bridge.feeds.settings import MilterSettings, parse_milter
 from etrn_bridge.policy.compile import PolicyProblem, compile_policy
 from etrn_bridge.policy.limits import LimitSettings, parse_limits
 from etrn_bridge.policy.model import Policy
@@ -97,6 +98,7 @@ class Config:
     workers: int = 1  # serving processes forked by `serve`
     event_loop: str = "asyncio"  # or "uvloop" (optional extra)
     index: IndexSettings | None = None  # the queue index; None: list the queue
+    milter: MilterSettings | None = None  # the index feeds of `etrn-bridge milter`
 
 
 def load_config(path: str | Path) -> Config:
@@ -250,6 +252,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         workers=data.get("workers", 1),
         event_loop=data.get("event_loop", "asyncio"),
         index=parse_index(data.get("index"), base_dir),
+        milter=parse_milter(data.get("milter"), base_dir),
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from etrn_bridge import defaults
 from etrn_bridge.backends.base import registered_backends
+from etrn_bridge.feeds.settings import MILTER_SCHEMA
 from etrn_bridge.policy.schema import LIMITS_SCHEMA, POLICY_SCHEMA
 from etrn_bridge.queueindex.settings import INDEX_SCHEMA
 
@@ -175,6 +176,7 @@ def config_schema() -> dict[str, Any]:
             },
             "limits": LIMITS_SCHEMA,
             "index": INDEX_SCHEMA,
+            "milter": MILTER_SCHEMA,
             "policy": POLICY_SCHEMA,
         },
     }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses as real third-party peers (root only).
 #   perl + Net::SMTP: a real client's ETRN; fetchmail: its "proto ETRN" mode;
-#   sudo: the unprivileged bridge's command_prefix; groff-base: renders the man page.
+#   sudo: the unprivileged bridge's command_prefix; groff-base: renders the man page;
+#   libmilter-dev, gcc, python3-dev: pymilter (the [milter] extra) builds against them.
 set -euo pipefail
-PACKAGES=(perl fetchmail sudo groff-base)
+PACKAGES=(perl fetchmail sudo groff-base libmilter-dev gcc python3-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

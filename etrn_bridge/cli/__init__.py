@@ -14,7 +14,17 @@ from collections.abc import Sequence
 from etrn_bridge import __version__
 
 # Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("serve", "check", "explain", "send", "flush", "doctor", "schema", "passwd")
+SUBCOMMANDS = (
+    "serve",
+    "milter",
+    "check",
+    "explain",
+    "send",
+    "flush",
+    "doctor",
+    "schema",
+    "passwd",
+)
 
 # sysexits.h EX_USAGE, for command-line misuse.
 EXIT_USAGE = 2
