@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import grp
 import logging
 import os
@@ -61,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, PasswordFileError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE
+    # The policy lives as long as the process: out of the collector's full scans,
+    # which over a big policy's objects stop sessions for 0.1 s and more.
+    gc.freeze()
     if config.workers == 1:
         return run_worker(runtime, runtime.socket_sets[0])
     return supervise(runtime)
