@@ -21,6 +21,8 @@ import yaml
 
 START_TIMEOUT = 20.0
 READY = "ready: milter"
+# The Exim kit's port (exim/feed-acl.conf.snippet).
+EXIM_FEED_PORT = 10125
 
 
 def need_pymilter() -> None:
@@ -39,7 +41,7 @@ class MilterProcess:
     config: Path
     index: Path
     socket: Path
-    exim_socket: Path
+    exim_feed: tuple[str, int]
     audit: Path
 
     def log_text(self) -> str:
@@ -62,7 +64,7 @@ def milter_config(directory: Path, policy: dict[str, Any], **milter: Any) -> dic
         "index": {"file": str(directory / "index.sqlite")},
         "milter": {
             "socket": f"unix:{directory / 'milter.sock'}",
-            "exim_socket": str(directory / "exim-feed.sock"),
+            "exim_feed": f"127.0.0.1:{EXIM_FEED_PORT}",
             "umask": "000",
             **milter,
         },
@@ -86,7 +88,7 @@ def start_milter(directory: Path, config: dict[str, Any]) -> MilterProcess:
         path,
         Path(config["index"]["file"]),
         Path(config["milter"]["socket"].removeprefix("unix:")),
-        Path(config["milter"].get("exim_socket", directory / "none")),
+        ("127.0.0.1", EXIM_FEED_PORT),
         Path(config["audit"]["file"]),
     )
     deadline = time.monotonic() + START_TIMEOUT

@@ -1,7 +1,7 @@
 """``etrn-bridge milter``: the process that feeds the queue index as mail is queued.
 
 It runs the milter for Postfix and Sendmail (``milter.socket``) and, when
-``milter.exim_socket`` is set, the Exim feed. A process of its own because
+``milter.exim_feed`` is set, the Exim feed. A process of its own because
 libmilter owns its threads and its signals (SIGTERM/SIGINT stop it). The
 policy's domains are re-read when the config file changes (checked every few
 seconds in a thread; libmilter keeps SIGHUP for itself).
@@ -74,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(settings: MilterSettings, recorder: QueueRecorder) -> int:
     exim = None
-    if settings.exim_socket is not None:
-        exim = start_exim_feed(settings.exim_socket, recorder)
+    if settings.exim_feed is not None:
+        exim = start_exim_feed(settings.exim_feed, recorder)
     try:
         log.info(
             READY_MESSAGE,
             settings.socket if settings.enabled else "off",
-            settings.exim_socket or "off",
+            "{}:{}".format(*settings.exim_feed) if settings.exim_feed else "off",
         )
         if settings.enabled:
             # Imported here: pymilter (the [milter] extra) is needed only to run the milter.

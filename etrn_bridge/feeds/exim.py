@@ -1,9 +1,9 @@
 """The Exim feed: Exim has no milter client, so its data ACL tells us instead.
 
 The kit's ``acl_smtp_data`` and ``acl_not_smtp`` ACLs send one line per
-accepted message with ``${readsocket}`` (a ``warn`` verb with a 1 s timeout
-and an empty failure string: a bridge that is away costs Exim nothing but
-that second at most, and never refuses mail)::
+accepted message with ``${readsocket{inet:127.0.0.1:PORT}...}`` (a ``warn``
+verb with a 1 s timeout and an empty failure string: a bridge that is away
+costs Exim nothing but that second at most, and never refuses mail)::
 
     QUEUED <message_exim_id> <message_size> <recipients, comma-space separated>\\n
 
@@ -12,17 +12,25 @@ is not understood. Every byte is hostile: the id and size must have their
 shapes, the line its length, and the server answers each connection in its own
 thread with a read timeout, so a stuck client cannot hold others up. Exim holds
 mail itself (``hold_domains``), so nothing recorded here is marked held.
+
+Loopback TCP, not a unix socket: Exim 4.96's readsocket keeps the descriptor
+number of a failed unix-socket connect in its lookup cache and reuses it for
+the next message of the same process, by then another open file (measured:
+the main log, then a 421 "Unexpected failure"). Any local user can send lines
+here: the worst a forged line does is add a row that the next reconciliation
+removes (flushes run by id and skip ids that are not queued), or count towards
+a held domain's quota until then.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
-import os
 import re
+import socket
 import socketserver
 import threading
-from pathlib import Path
 
 from etrn_bridge.feeds.recorder import QueueRecorder
 
@@ -88,26 +96,23 @@ class _Handler(socketserver.StreamRequestHandler):
             self.wfile.write(reply)
 
 
-class EximFeedServer(socketserver.ThreadingUnixStreamServer):
+class EximFeedServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
+    allow_reuse_address = True
 
-    def __init__(self, path: Path, recorder: QueueRecorder) -> None:
+    def __init__(self, address: tuple[str, int], recorder: QueueRecorder) -> None:
+        if not ipaddress.ip_address(address[0]).is_loopback:
+            raise OSError(f"the Exim feed listens on loopback only, not {address[0]}")
         self.recorder = recorder
-        with contextlib.suppress(FileNotFoundError):
-            if path.is_socket():
-                path.unlink()  # left by a process that ended without cleaning up
-        super().__init__(str(path), _Handler)
-
-    def server_close(self) -> None:
-        super().server_close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.server_address)  # type: ignore[arg-type]
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
 
 
-def start_exim_feed(path: Path, recorder: QueueRecorder) -> EximFeedServer:
-    """Bind the feed's socket and serve it from a daemon thread."""
-    server = EximFeedServer(path, recorder)
+def start_exim_feed(address: tuple[str, int], recorder: QueueRecorder) -> EximFeedServer:
+    """Bind the feed's loopback port and serve it from a daemon thread."""
+    server = EximFeedServer(address, recorder)
     thread = threading.Thread(target=server.serve_forever, name="exim-feed", daemon=True)
     thread.start()
-    log.info("exim feed listening on %s", path)
+    log.info("exim feed listening on %s:%d", *address)
     return server

@@ -39,12 +39,14 @@ MILTER_SCHEMA: dict[str, Any] = {
             "default": DEFAULT_TIMEOUT,
             "description": "Seconds libmilter waits on the MTA's socket.",
         },
-        "exim_socket": {
+        "exim_feed": {
             "type": "string",
-            "minLength": 1,
-            "description": "Unix socket path for the Exim feed (the kit's acl_smtp_data and "
-            "acl_not_smtp send one line per message); relative to the config file's "
-            "directory. Without it, no Exim feed runs.",
+            "pattern": r"^(127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\]):[0-9]{1,5}$",
+            "description": "Loopback address:port of the Exim feed (the kit's acl_smtp_data "
+            "and acl_not_smtp send one line per message, e.g. '127.0.0.1:10125'). TCP, not a "
+            "unix socket: Exim 4.96's readsocket reuses a closed descriptor after a failed "
+            "unix-socket connect (a stopped bridge then costs a 421 per message). Without it, "
+            "no Exim feed runs.",
         },
         "umask": {
             "type": "string",
@@ -66,7 +68,7 @@ MILTER_SCHEMA: dict[str, Any] = {
 class MilterSettings:
     socket: str = DEFAULT_SOCKET
     timeout: int = DEFAULT_TIMEOUT
-    exim_socket: Path | None = None
+    exim_feed: tuple[str, int] | None = None  # (loopback host, port)
     umask: int = int(DEFAULT_UMASK, 8)
     enabled: bool = True
 
@@ -74,11 +76,17 @@ class MilterSettings:
 def parse_milter(section: Mapping[str, Any] | None, base_dir: Path) -> MilterSettings | None:
     if section is None:
         return None
-    exim_socket = section.get("exim_socket")
+    exim_feed = section.get("exim_feed")
     return MilterSettings(
         socket=section.get("socket", DEFAULT_SOCKET),
         timeout=section.get("timeout", DEFAULT_TIMEOUT),
-        exim_socket=None if exim_socket is None else base_dir / exim_socket,
+        exim_feed=None if exim_feed is None else _host_port(exim_feed),
         umask=int(section.get("umask", DEFAULT_UMASK), 8),
         enabled=section.get("enabled", True),
     )
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    # The schema's pattern has checked the shape "127.x.y.z:port" / "[::1]:port".
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
