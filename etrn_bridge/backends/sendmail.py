@@ -93,6 +93,14 @@ class SendmailBackend(MtaBackend):
             return failure(failed)
         return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)
 
+    async def release_held(self, queue_ids: tuple[str, ...]) -> ProgramResult | None:
+        """``-qQ -qI<id> -Q``: among quarantined items (hf files), the empty reason
+        unquarantines; the flush that follows delivers them with -qI."""
+        argvs = [
+            ("-qQ", *("-qI" + queue_id for queue_id in chunk), "-Q") for chunk in chunks(queue_ids)
+        ]
+        return await self.run_each(argvs)
+
     async def version(self) -> ProgramResult:
         # -d0.1 prints "Version 8.x" first; -bt reads no rules from /dev/null.
         return await self.run("-d0.1", "-bt")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from milterkit import MilterProcess, milter_config, need_pymilter, start_milter
-from mtalab import LAB_DIR, MTA_LAB, LabMta
+from mtalab import LAB_DIR, MTA_LAB, LabMta, lab_env
 
 from etrn_bridge.backends.mta import FROM_INDEX, MtaBackend
 from etrn_bridge.backends.reconcile import reconcile
@@ -192,3 +192,31 @@ def _mta_held(mta: LabMta) -> set[str]:
         return {qid for qid, _, queue in mta.listing() if queue == "hold"}
     queue_dir = MTA_LAB / "sendmail" / "mqueue"
     return {path.name[2:] for path in queue_dir.rglob("hf*")}
+
+
+@pytest.mark.parametrize("name", ["postfix", "sendmail"])
+async def test_etrn_releases_held_mail_and_frees_the_quota(
+    name: str, feeds_lab: dict[str, LabMta], milter: MilterProcess
+) -> None:
+    mta = feeds_lab[name]
+    mta.reset()
+    index = QueueIndex(milter.index)
+    options = {"postsuper": [lab_env("postfix")["POSTSUPER"]]} if name == "postfix" else {}
+    backend = mta.backend(**options)
+    assert isinstance(backend, MtaBackend)
+    backend.use_index(index)
+    await reconcile(backend, index)  # on an empty queue: from now on the index answers
+    send(mta, ("a@noflush.test",))
+    send(mta, ("b@noflush.test",))
+    wait_for(lambda: len(_mta_held(mta)) == 2)
+    assert list(send(mta, ("c@noflush.test",))) == ["c@noflush.test"]  # over quota: 452
+
+    result = await backend.flush(parse_target("noflush.test"))
+
+    assert result.started and result.pending == 2 and result.selected_from == FROM_INDEX
+    received = mta.wait_received({"a@noflush.test", "b@noflush.test"})
+    assert set(received) == {"a@noflush.test", "b@noflush.test"}
+    assert _mta_held(mta) == set()
+    # Delivered, so no longer counted: the domain takes mail again.
+    assert send(mta, ("c@noflush.test",)) == {}
+    index.close()
