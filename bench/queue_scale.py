@@ -11,19 +11,21 @@ Needs root and the lab (``bash tests/mta/lab/all.sh install``); run it inside
    (so every flood moves mail that is still queued): Postfix's own ETRN (lab
    port POSTFIX_NATIVE_ETRN_PORT), the bridge with ``index:``, the bridge
    without. Reply time of each ETRN (command sent -> reply read, all sent at
-   once behind a barrier): p50/p99; MTA listing runs during the flood (every
-   program the bridge runs goes through a logging command_prefix).
+   once behind a barrier): p50/p99; MTA listing runs on the request path (the
+   audit's ``selected_from``: "listing" marks the request that started one).
 3. ETRN-to-delivered for one domain (MESSAGES_PER_DOMAIN messages): bridge with
    the index vs Postfix's own ETRN, median of ROUNDS.
 
 Prints figures, asserts nothing. Usage:
     python bench/queue_scale.py [--queued 20000] [--domains 2000] [--flood 100] [--rounds 5]
+                                [--concurrency N] [--flush-socket]
     python bench/queue_scale.py --small      # 2,000 messages over 200 domains, flood 20
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import smtplib
 import statistics
@@ -116,21 +118,32 @@ def flood(port: int, targets: list[str]) -> tuple[list[float], list[int]]:
 
 
 class Bridge:
-    """``etrn-bridge serve`` on the lab's Postfix, every program it runs logged."""
+    """``etrn-bridge serve`` on the lab's Postfix, as production runs it: the
+    postqueue binary itself (``-c`` selects the instance), no wrapper script."""
 
-    def __init__(self, mta: LabMta, index: Path | None, name: str) -> None:
-        self.log = WORKDIR / f"{name}-programs.log"
-        self.log.write_text("")
-        wrapper = WORKDIR / "logged"
-        wrapper.write_text('#!/bin/sh\necho "$*" >> "$PROGRAM_LOG"\nexec "$@"\n')
-        wrapper.chmod(0o755)
+    def __init__(
+        self,
+        mta: LabMta,
+        index: Path | None,
+        name: str,
+        concurrency: int | None,
+        flush_socket: bool = False,
+    ) -> None:
+        postfix = MTA_LAB / "postfix"
+        self.audit = WORKDIR / f"{name}-audit.jsonl"
+        self.audit.write_text("")
         config = WORKDIR / f"{name}.yaml"
         index_line = f'index: {{file: "{index}", reconcile: "1h"}}\n' if index else ""
+        slots = f", max_concurrent: {concurrency}" if concurrency else ""
+        if flush_socket:
+            slots += f', flush_socket: "{postfix}/spool/public/flush"'
+        flushes = f", max_concurrent_flushes: {concurrency}" if concurrency else ""
         config.write_text(
             f'listen: ["127.0.0.1:{BRIDGE_PORT}"]\n'
-            f'backend: {{type: postfix, postqueue: "{mta.program}", '
-            f'command_prefix: ["{wrapper}"]}}\n'
-            'limits: {per_target: "off", per_client: "off"}\n'
+            f'backend: {{type: postfix, postqueue: "{postfix}/root/usr/sbin/postqueue", '
+            f'args: ["-c", "{postfix}/etc"]{slots}}}\n'
+            f'audit: {{file: "{self.audit}"}}\n'
+            f'limits: {{per_target: "off", per_client: "off"{flushes}}}\n'
             f"{index_line}"
             "policy:\n  clients:\n    - id: bench\n      networks: [127.0.0.0/8]\n"
             '      targets: ["@customer.test"]\n'
@@ -140,7 +153,8 @@ class Bridge:
             [sys.executable, "-m", "etrn_bridge", "serve", "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=self.stderr.open("w"),
-            env={**os.environ, "PROGRAM_LOG": str(self.log)},
+            # The unpacked binaries find their libraries here (the bridge passes it on).
+            env={**os.environ, "LD_LIBRARY_PATH": f"{postfix}/root/usr/lib/postfix"},
         )
         for _ in range(600):
             try:
@@ -150,12 +164,19 @@ class Bridge:
                 time.sleep(0.05)
         raise RuntimeError(f"bridge did not start: {self.stderr.read_text()}")
 
+    def records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
     def listings(self) -> int:
-        return sum(line.split()[-1:] == ["-j"] for line in self.log.read_text().splitlines())
+        """Listing runs on the request path: the audit says which request started one."""
+        return sum(record.get("selected_from") == "listing" for record in self.records())
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
+        for line in self.stderr.read_text().splitlines():
+            if "queue index reconciled" in line:
+                print("   ", line.split(": ", 2)[-1])
 
 
 def wait_reconciled(path: Path) -> float:
@@ -183,7 +204,7 @@ def report(name: str, times: list[float], codes: list[int], listings: int | str)
 
 def sink_clear(mta: LabMta) -> None:
     for path in mta.sink_dir.glob("*.eml"):
-        path.unlink()
+        path.unlink(missing_ok=True)  # the sink renames files as it finishes them
 
 
 def wait_delivered(mta: LabMta, name: str, count: int, timeout: float = 120) -> float:
@@ -208,29 +229,17 @@ def to_delivered(mta: LabMta, port: int, name: str, count: int) -> float:
     return wait_delivered(mta, name, count) - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queued", type=int, default=20_000)
-    parser.add_argument("--domains", type=int, default=2_000)
-    parser.add_argument("--flood", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--small", action="store_true", help="2,000 messages, 200 domains")
-    args = parser.parse_args()
-    if args.small:
-        args.queued, args.domains, args.flood = 2_000, 200, 20
+def bench(args: argparse.Namespace) -> None:
     per_domain = args.queued // args.domains
-    if args.domains < 3 * args.flood + 2 * args.rounds:
-        parser.error("--domains must cover three floods and the delivery rounds")
-    WORKDIR.mkdir(exist_ok=True)
-    subprocess.run(["bash", str(LAB / "all.sh"), "configure"], check=True, capture_output=True)
-    subprocess.run(["bash", str(LAB / "postfix.sh"), "start"], check=True, capture_output=True)
     mta = LabMta.from_env("postfix")
     native_port = int(lab_env("postfix")["POSTFIX_NATIVE_ETRN_PORT"])
     route_subdomains(mta)
     mta.reset()
     print(
         f"Postfix lab, {args.queued} messages over {args.domains} domains "
-        f"({per_domain} each), flood of {args.flood} ETRN for distinct domains"
+        f"({per_domain} each), flood of {args.flood} ETRN for distinct domains, "
+        f"bridge concurrency {args.concurrency or 'default (4)'}, "
+        f"indexed bridge flushes with {'the flush socket' if args.flush_socket else 'postqueue -s'}"
     )
     injected = inject(mta, args.queued, args.domains)
     settled = wait_deferred(mta, args.queued)
@@ -247,12 +256,11 @@ def main() -> None:
     index_file = WORKDIR / "index.sqlite"
     for leftover in WORKDIR.glob("index.sqlite*"):
         leftover.unlink()
-    bridge = Bridge(mta, index_file, "indexed")
+    bridge = Bridge(mta, index_file, "indexed", args.concurrency, args.flush_socket)
     try:
         wait_reconciled(index_file)
-        before = bridge.listings()
         times, codes = flood(BRIDGE_PORT, floods[1])
-        index_p99 = report("bridge, index", times, codes, bridge.listings() - before)
+        index_p99 = report("bridge, index", times, codes, bridge.listings())
         first = 3 * args.flood
         bridged = [
             to_delivered(mta, BRIDGE_PORT, domain(first + 2 * r), per_domain)
@@ -264,7 +272,7 @@ def main() -> None:
         ]
     finally:
         bridge.stop()
-    bridge = Bridge(mta, None, "listing")
+    bridge = Bridge(mta, None, "listing", args.concurrency)
     try:
         times, codes = flood(BRIDGE_PORT, floods[2])
         listing_p99 = report("bridge, no index", times, codes, bridge.listings())
@@ -282,7 +290,44 @@ def main() -> None:
     started = time.monotonic()
     mta.script("clear-queue")
     print(f"  queue cleared in {time.monotonic() - started:.1f} s")
-    subprocess.run(["bash", str(LAB / "postfix.sh"), "configure"], check=True, capture_output=True)
+
+
+def run_on_lab(args: argparse.Namespace) -> None:
+    """Postfix started with the subdomains routed; stopped and re-configured after,
+    so no daemon outlives the network namespace the bench ran in."""
+    subprocess.run(["bash", str(LAB / "all.sh"), "configure"], check=True, capture_output=True)
+    subprocess.run(["bash", str(LAB / "postfix.sh"), "start"], check=True, capture_output=True)
+    try:
+        bench(args)
+    finally:
+        subprocess.run(["bash", str(LAB / "postfix.sh"), "stop"], check=False)
+        subprocess.run(["bash", str(LAB / "postfix.sh"), "configure"], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--queued", type=int, default=20_000)
+    parser.add_argument("--domains", type=int, default=2_000)
+    parser.add_argument("--flood", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="backend.max_concurrent and limits.max_concurrent_flushes (default: the bridge's, 4)",
+    )
+    parser.add_argument("--small", action="store_true", help="2,000 messages, 200 domains")
+    parser.add_argument(
+        "--flush-socket",
+        action="store_true",
+        help="the indexed bridge asks flush(8) over its socket instead of running postqueue -s",
+    )
+    args = parser.parse_args()
+    if args.small:
+        args.queued, args.domains, args.flood = 2_000, 200, 20
+    if args.domains < 3 * args.flood + 2 * args.rounds:
+        parser.error("--domains must cover three floods and the delivery rounds")
+    WORKDIR.mkdir(exist_ok=True)
+    run_on_lab(args)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from etrn_bridge.target import Target
+
+# When the request being handled arrived (time.monotonic()), set by the service: a
+# backend judges how fresh its data must be from this, not from when a flush slot
+# became free (a queue listing that began after the request arrived is fresh enough).
+REQUEST_ARRIVED: ContextVar[float | None] = ContextVar("request_arrived", default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,14 @@ from etrn_bridge.policy.index import client_address
 from etrn_bridge.policy.limits import LimitSettings, SlidingWindow
 from etrn_bridge.policy.model import Policy
 from etrn_bridge.policy.rdns import ForwardConfirmedRdns, Resolver
-from etrn_bridge.request import Decision, FlushResult, Outcome, Request, Status
+from etrn_bridge.request import (
+    REQUEST_ARRIVED,
+    Decision,
+    FlushResult,
+    Outcome,
+    Request,
+    Status,
+)
 from etrn_bridge.target import MissingArgument, Target, TargetError, parse_target
 
 log = logging.getLogger("etrn_bridge")
@@ -114,6 +121,7 @@ class Service:
 
     async def handle_with(self, state: PolicyState, request: Request) -> Outcome:
         started = time.monotonic()
+        REQUEST_ARRIVED.set(started)
         parsed = _parse(request)
         if isinstance(parsed, Outcome):
             outcome = parsed

@@ -27,7 +27,7 @@ from etrn_bridge.backends.base import BackendOptionError
 from etrn_bridge.backends.listing import SharedListing
 from etrn_bridge.backends.process import ProgramResult, run_program
 from etrn_bridge.queueindex.store import IndexedMessage, QueueIndex
-from etrn_bridge.request import FlushResult
+from etrn_bridge.request import REQUEST_ARRIVED, FlushResult
 from etrn_bridge.target import Target, TargetKind, recipient_domain
 
 # Which recipient domains (lower-case A-labels) a target selects.
@@ -39,6 +39,9 @@ DEFAULT_MAX_CONCURRENT = 4
 # burst of ETRN shares one run, and mail queued within the last second may be
 # missed by it (the client's next ETRN finds it).
 DEFAULT_LISTING_MAX_AGE = 1.0
+# How long marking flushed ids may wait for another writer (a reconciliation): on
+# the request path, so short; when it gives up, the ids may be counted once more.
+MARK_BUSY_TIMEOUT_MS = 100
 # Where a flush's selection came from (audited as "selected_from").
 FROM_INDEX = "index"
 FROM_LISTING = "listing"  # a listing run started for this request
@@ -103,6 +106,28 @@ def select_messages(
             if message.held:
                 held.append(message.queue_id)
     return Selection(tuple(selected), shared, tuple(held))
+
+
+class QueueListing:
+    """One listing run's messages, with a recipient-domain map built once for every
+    request sharing the run: a request then costs O(domains), not O(messages)."""
+
+    def __init__(self, messages: Sequence[QueuedMessage]) -> None:
+        self.messages = messages
+        self._by_domain: dict[str, list[QueuedMessage]] | None = None
+
+    def select(self, covers: DomainPredicate) -> Selection:
+        if self._by_domain is None:
+            self._by_domain = {}
+            for message in self.messages:
+                for domain in {recipient_domain(address) for address in message.recipients}:
+                    if domain is not None:
+                        self._by_domain.setdefault(domain, []).append(message)
+        candidates: dict[str, QueuedMessage] = {}
+        for domain, messages in self._by_domain.items():
+            if covers(domain):
+                candidates.update((message.queue_id, message) for message in messages)
+        return select_messages(candidates.values(), covers)
 
 
 def _covered(address: str, covers: DomainPredicate) -> bool:
@@ -225,14 +250,18 @@ class MtaBackend(ABC):
         self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
         self.max_concurrent = int(options.get("max_concurrent", DEFAULT_MAX_CONCURRENT))
         self._slots: asyncio.Semaphore | None = None
-        self.listings: SharedListing[list[QueuedMessage]] = SharedListing(
+        self.listings: SharedListing[QueueListing] = SharedListing(
             float(options.get("listing_max_age", DEFAULT_LISTING_MAX_AGE))
         )
         # Set by use_index(): nodes and @nodes are then selected from it.
         self.index: QueueIndex | None = None
+        self._index_marks: QueueIndex | None = None
 
     def use_index(self, index: QueueIndex) -> None:
         self.index = index
+        # Marks go through a connection of their own that waits only briefly for the
+        # write lock: a reconciliation holding it must not stall the event loop.
+        self._index_marks = QueueIndex(index.path, busy_timeout_ms=MARK_BUSY_TIMEOUT_MS)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Self:
@@ -271,17 +300,23 @@ class MtaBackend(ABC):
 
     async def list_queue(self, target: Target) -> list[QueuedMessage]:
         """The messages the MTA lists for this target's queue; raises ListingError."""
-        messages, _ = await self._listed(target.name if target.kind is TargetKind.QUEUE else None)
-        return messages
+        listing, _ = await self._listed(target.name if target.kind is TargetKind.QUEUE else None)
+        return list(listing.messages)
 
     async def queued_messages(self) -> list[QueuedMessage]:
         """The whole default listing, run now, held messages included (for reconciliation:
         it must know when its listing began, so it shares no run)."""
         return await self._list_now(None)
 
-    async def _listed(self, queue: str | None) -> tuple[list[QueuedMessage], bool]:
-        """(messages, whether another request's run supplied them)."""
-        return await self.listings.get(self.listing_arguments(queue), lambda: self._list_now(queue))
+    async def _listed(self, queue: str | None) -> tuple[QueueListing, bool]:
+        """(the listing, whether another request's run supplied it)."""
+
+        async def run_listing() -> QueueListing:
+            return QueueListing(await self._list_now(queue))
+
+        return await self.listings.get(
+            self.listing_arguments(queue), run_listing, REQUEST_ARRIVED.get()
+        )
 
     async def _list_now(self, queue: str | None) -> list[QueuedMessage]:
         result = await self.run(*self.listing_arguments(queue))
@@ -317,8 +352,8 @@ class MtaBackend(ABC):
             if indexed is not None:
                 return select_messages(indexed, covers, release_held=True), FROM_INDEX
         queue = target.name if target.kind is TargetKind.QUEUE else None
-        messages, shared = await self._listed(queue)
-        return select_messages(messages, covers), FROM_SHARED_LISTING if shared else FROM_LISTING
+        listing, shared = await self._listed(queue)
+        return listing.select(covers), FROM_SHARED_LISTING if shared else FROM_LISTING
 
     def _from_index(self, target: Target) -> list[QueuedMessage] | None:
         """The index's messages for a node/@node; None when it cannot answer (none
@@ -361,18 +396,18 @@ class MtaBackend(ABC):
             if failed is not None:
                 return failure(failed)
         result = await self.flush_selected(target, selection.queue_ids)
-        if result.started and self.index is not None:
-            self._forget_flushed(selection.queue_ids)
+        if result.started and self._index_marks is not None:
+            self._forget_flushed(self._index_marks, selection.queue_ids)
         return replace(result, shared=selection.shared, selected_from=source)
 
-    def _forget_flushed(self, queue_ids: tuple[str, ...]) -> None:
+    @staticmethod
+    def _forget_flushed(marks: QueueIndex, queue_ids: tuple[str, ...]) -> None:
         """Flushed ids are not counted again; one deferred again returns with the next
         reconciliation. A failure here costs only that: the flush has started."""
-        assert self.index is not None
         try:
-            self.index.mark_flushed(queue_ids)
+            marks.mark_flushed(queue_ids)
         except sqlite3.Error as exc:
-            log.warning("queue index %s: flushed ids not marked (%s)", self.index.path, exc)
+            log.warning("queue index %s: flushed ids not marked (%s)", marks.path, exc)
 
     async def run_each(
         self, argvs: Iterable[Sequence[str]], timeout: float | None = None

@@ -10,7 +10,8 @@ Facts (measured on Postfix 3.7, tests/mta/lab/README.md §4-5):
 
 So a plain node is one ``postqueue -s``, falling back to one ``postqueue -i``
 per selected id when the domain is not fast-flush eligible; ``@node`` and a
-mapped ``#queue`` are always the ids.
+mapped ``#queue`` are always the ids. With ``flush_socket`` the node's
+``send_site`` goes straight to flush(8), as smtpd's own ETRN does: no process.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from etrn_bridge.backends.mta import (
     list_items,
     settings,
 )
+from etrn_bridge.backends.postfix_flush import STATUS_DENY, STATUS_OK, send_site
 from etrn_bridge.backends.process import ProgramResult
 from etrn_bridge.request import FlushResult
 from etrn_bridge.target import Target, TargetError, TargetKind, parse_domain
@@ -100,11 +102,20 @@ class PostfixBackend(MtaBackend):
             "description": "'#name' targets: Postfix has no named queues, so map each "
             "name to the domains it flushes.",
         },
+        "flush_socket": {
+            "type": "string",
+            "pattern": "^/",
+            "description": "flush(8)'s socket, e.g. /var/spool/postfix/public/flush: a node "
+            "is flushed by asking it directly, as Postfix's own ETRN does, instead of running "
+            "postqueue -s (no process per request). The bridge's user must be in the "
+            "postdrop group (public/ is mode 0710 postfix:postdrop). Default: postqueue -s.",
+        },
     }
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
         self.postsuper: list[str] = list(options.get("postsuper", DEFAULT_POSTSUPER))
+        self.flush_socket: str | None = options.get("flush_socket")
         self.queues: dict[str, frozenset[str]] = {}
         for queue, domains in options.get("queues", {}).items():
             try:
@@ -128,7 +139,14 @@ class PostfixBackend(MtaBackend):
             raise ListingError(result, f"unreadable postqueue -j output: {exc}") from None
 
     async def flush_selected(self, target: Target, queue_ids: tuple[str, ...]) -> FlushResult:
-        if target.kind is TargetKind.NODE:
+        if target.kind is TargetKind.NODE and self.flush_socket is not None:
+            reply = await send_site(self.flush_socket, target.name, self.timeout)
+            if reply.status == STATUS_OK:
+                return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)
+            if reply.status != STATUS_DENY:
+                detail = reply.error or f"flush service status {reply.status}"
+                return FlushResult(started=False, detail=detail)
+        elif target.kind is TargetKind.NODE:
             result = await self.run("-s", target.name)
             if result.ok:
                 return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)

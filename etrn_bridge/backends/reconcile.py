@@ -74,8 +74,11 @@ class Reconciler:
         """Reconcile if due (claimed by this process); the seconds until the next check."""
         period = self.settings.reconcile
         backend = self._backend()
-        if not isinstance(backend, MtaBackend):
+        if not isinstance(backend, MtaBackend) or backend.index is None:
             return period
+        if backend.index.path != self.index.path:  # a reload named another file
+            self.index.close()
+            self.index = QueueIndex(backend.index.path)
         try:
             wait = await asyncio.to_thread(self.index.claim_reconcile, period)
             if wait > 0:

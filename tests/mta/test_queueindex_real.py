@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mtalab import NODE, RECIPIENTS, SUBTREE, LabMta
+from mtalab import MTA_LAB, NODE, RECIPIENTS, SUBTREE, LabMta
 from test_bridge_real import Bridge, running_bridge
 
 from etrn_bridge.backends.mta import FROM_INDEX, FROM_LISTING, MtaBackend
@@ -219,3 +219,39 @@ def wait_reconciled(path: Path, timeout: float = 15) -> None:
             time.sleep(0.05)
     finally:
         index.close()
+
+
+# -- Postfix: flush(8) asked directly, as its own ETRN does ------------------------------
+
+
+async def test_postfix_flush_socket_flushes_a_node_without_a_process(
+    lab: dict[str, LabMta], tmp_path: Path, programs: Programs
+) -> None:
+    mta = lab["postfix"]
+    mta.reset()
+    mta.inject()
+    socket_path = str(MTA_LAB / "postfix" / "spool" / "public" / "flush")
+    index = QueueIndex(tmp_path / "index.sqlite")
+    backend = mta.backend(command_prefix=[str(programs.wrapper)], flush_socket=socket_path)
+    assert isinstance(backend, MtaBackend)
+    backend.use_index(index)
+    await reconcile(backend, index)
+    programs.clear()
+    result = await flush(backend, "customer.test")
+    assert result.started and result.pending == 2
+    assert programs.runs() == []  # no postqueue at all: index, then the flush socket
+    assert set(mta.wait_received(NODE)) == NODE
+    # Not fast-flush eligible: flush(8) says so, the ids go through postqueue -i.
+    result = await flush(backend, "noflush.test")
+    assert result.started and result.pending == 1
+    assert [argv[-2] for argv in programs.runs()] == ["-i"]
+    assert "customer.test@noflush.test" in mta.wait_received({"customer.test@noflush.test"})
+    # Postfix down: no socket answers, 458 with the reason audited.
+    mta.script("stop")
+    try:
+        index.record("0123456789A", ["user@customer.test"], 10)
+        down = await backend.flush(parse_target("customer.test"))
+        assert not down.started and "flush" in down.detail
+    finally:
+        mta.script("start")
+    index.close()

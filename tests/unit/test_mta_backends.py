@@ -10,6 +10,7 @@ hold (postsuper -h).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,12 @@ import pytest
 from etrn_bridge.backends.auto import AutoBackend
 from etrn_bridge.backends.base import BackendOptionError, backend_factory, create_backend
 from etrn_bridge.backends.exim import EximBackend, parse_exim_bp
-from etrn_bridge.backends.mta import QueuedMessage, recipient_domain, select_messages
+from etrn_bridge.backends.mta import (
+    QueuedMessage,
+    QueueListing,
+    recipient_domain,
+    select_messages,
+)
 from etrn_bridge.backends.postfix import PostfixBackend, parse_postqueue_json
 from etrn_bridge.backends.sendmail import SendmailBackend, parse_sendmail_bp
 from etrn_bridge.target import MissingArgument, TargetError, parse_target
@@ -203,3 +209,24 @@ async def test_postfix_queue_without_mapping_is_unsupported() -> None:
     backend = PostfixBackend.from_options({"postqueue": "/nonexistent/postqueue"})
     result = await backend.flush(parse_target("#customers"))
     assert not result.started and result.unsupported
+
+
+@pytest.mark.parametrize("target", ["customer.test", "@customer.test", "noflush.test", "@test"])
+@pytest.mark.parametrize(
+    ("fixture", "parse"),
+    [
+        ("postqueue-j.jsonl", parse_postqueue_json),
+        ("exim-bp.txt", parse_exim_bp),
+        ("sendmail-bp.txt", parse_sendmail_bp),
+    ],
+)
+def test_shared_listing_selects_as_a_scan_of_every_message(
+    fixture: str, parse: Callable[[bytes], list[QueuedMessage]], target: str
+) -> None:
+    messages = parse(read(fixture))
+    covers = parse_target(target).covers_domain
+    listing = QueueListing(messages)
+    first, again = listing.select(covers), listing.select(covers)  # the map is built once
+    scanned = select_messages(messages, covers)
+    assert sorted(first.queue_ids) == sorted(scanned.queue_ids) and first.queue_ids
+    assert first.shared == scanned.shared and again == first

@@ -206,3 +206,22 @@ def test_not_a_database_fails_loudly(tmp_path: Path) -> None:
     index = QueueIndex(path)
     with pytest.raises(sqlite3.DatabaseError):
         index.stats()
+
+
+def test_readers_never_wait_for_a_writer_and_a_short_timeout_gives_up(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    setup = QueueIndex(path)
+    setup.record("F1", ["user@customer.test"], 1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a reconciliation holding the write lock
+    other.execute("DELETE FROM message")
+    quick = QueueIndex(path, busy_timeout_ms=50)
+    try:
+        assert ids(quick.select(parse_target("customer.test"))) == ["F1"]  # WAL: last commit
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            quick.mark_flushed(["F1"])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        quick.close()
+        setup.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -46,6 +47,18 @@ async def test_a_recent_run_is_reused_an_old_one_is_not() -> None:
     assert await listing.get("-j", produce) == ([1], True)
     await asyncio.sleep(0.25)
     assert await listing.get("-j", produce) == ([2], False)
+
+
+async def test_a_run_that_began_after_the_request_arrived_is_fresh_enough() -> None:
+    """A request that waited for a flush slot still shares the flood's listing."""
+    listing: SharedListing[list[int]] = SharedListing(max_age=0.0)
+    produce = Producer(delay=0.0)
+    arrived = time.monotonic()
+    await asyncio.sleep(0.05)
+    assert await listing.get("-j", produce, arrived) == ([1], False)
+    await asyncio.sleep(0.05)
+    assert await listing.get("-j", produce, arrived) == ([1], True)  # began after it arrived
+    assert await listing.get("-j", produce) == ([2], False)  # a request arriving now: too old
 
 
 async def test_max_age_zero_shares_only_the_run_in_flight() -> None:
