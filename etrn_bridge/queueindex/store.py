@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -261,8 +261,11 @@ class QueueIndex:
             db.executemany("DELETE FROM recipient WHERE queue_id = ?", gone)
             db.executemany("DELETE FROM message WHERE queue_id = ?", gone)
             removed = len(gone)
-            for queue_id, message in wanted.items():
+            for queue_id, listed_message in wanted.items():
                 old = known.get(queue_id)
+                # Held is the feeds' fact (hold until ETRN): a listing cannot tell that
+                # hold from the operator's, so new rows are never held, known keep theirs.
+                message = replace(listed_message, held=old is not None and old[1].held)
                 if old is None:
                     added += 1
                 elif old[0] >= listing_began:

@@ -210,6 +210,9 @@ async def test_etrn_releases_held_mail_and_frees_the_quota(
     send(mta, ("b@noflush.test",))
     wait_for(lambda: len(_mta_held(mta)) == 2)
     assert list(send(mta, ("c@noflush.test",))) == ["c@noflush.test"]  # over quota: 452
+    # A reconciliation meanwhile keeps them, held (Sendmail lists hf files only with -qQ).
+    await reconcile(backend, index)
+    assert [held for _, held in _held(milter, "noflush.test").values()] == [True, True]
 
     result = await backend.flush(parse_target("noflush.test"))
 
