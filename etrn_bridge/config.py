@@ -123,12 +123,15 @@ def _collector_paused() -> Iterator[None]:
     """A big policy is millions of new objects: the cyclic collector would rescan
     them all again and again while they are built (a 10,000-entry load spent a
     second in it, in pauses of up to 0.2 s that stop every thread, sessions
-    included). Nothing built here forms garbage cycles."""
+    included). Nothing built here forms garbage cycles. What was built is then
+    frozen out of later collections: re-enabled with millions of young objects,
+    the collector's next pass over them would stall every thread just the same."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
 

@@ -16,7 +16,6 @@ being answered meanwhile.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Iterable
@@ -227,9 +226,6 @@ class Service:
                 self.reload_failed(path, (str(problem) for problem in exc.problems))
                 return False
             self.reload(config)
-            # Keep the new policy's objects out of later full collections: scanning a
-            # big one stops every thread, sessions included, for 0.1 s and more.
-            gc.freeze()
             return True
 
     def reload_failed(self, path: str | Path, errors: Iterable[str]) -> None:

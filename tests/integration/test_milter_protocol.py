@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from milterkit import MilterProcess, milter_config, need_pymilter, start_milter
 from miltertest import constants
 from miltertest.client import MilterConnection
@@ -230,3 +232,19 @@ def test_a_broken_index_costs_no_mail(tmp_path: Path) -> None:
         assert running.process.poll() is None
     finally:
         running.stop()
+
+
+def test_a_changed_config_file_is_followed(milter: MilterProcess, mta: Mta) -> None:
+    config = yaml.safe_load(milter.config.read_text())
+    config["policy"]["clients"][0]["targets"] = ["other.test"]
+    milter.config.write_text(yaml.safe_dump(config))
+    deadline = time.monotonic() + 20
+    while "is in force" not in milter.log_text():
+        assert time.monotonic() < deadline, milter.log_text()
+        time.sleep(0.1)
+
+    mta.message("4ABC16", "a@customer.test")
+    mta.message("4ABC17", "a@other.test")
+
+    assert selected(milter, "customer.test") == {}
+    assert list(selected(milter, "other.test")) == ["4ABC17"]
