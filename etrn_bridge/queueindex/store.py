@@ -263,8 +263,10 @@ class QueueIndex:
             removed = len(gone)
             for queue_id, listed_message in wanted.items():
                 old = known.get(queue_id)
-                # Held is the feeds' fact (hold until ETRN): a listing cannot tell that
-                # hold from the operator's, so new rows are never held, known keep theirs.
+                if old is None and listed_message.held:
+                    continue  # held by someone else (the operator): not ours to flush
+                # Held is the feeds' fact (held until ETRN, released by it): a listing
+                # cannot tell that hold from the operator's, so known rows keep theirs.
                 message = replace(listed_message, held=old is not None and old[1].held)
                 if old is None:
                     added += 1
