@@ -35,9 +35,9 @@ DomainPredicate = Callable[[str], bool]
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_CONCURRENT = 4
-# A listing that began this many seconds ago still answers a new request: a
-# burst of ETRN shares one run, and mail queued within the last second may be
-# missed by it (the client's next ETRN finds it).
+# A listing that began up to this many seconds before a request arrived still
+# answers it: a burst of ETRN shares one run, and mail queued within that second
+# may be missed by it (the client's next ETRN finds it).
 DEFAULT_LISTING_MAX_AGE = 1.0
 # How long marking flushed ids may wait for another writer (a reconciliation): on
 # the request path, so short; when it gives up, the ids may be counted once more.
@@ -46,11 +46,11 @@ MARK_BUSY_TIMEOUT_MS = 100
 FROM_INDEX = "index"
 FROM_LISTING = "listing"  # a listing run started for this request
 FROM_SHARED_LISTING = "shared_listing"  # another request's listing, in flight or recent
-
-log = logging.getLogger("etrn_bridge.backend")
 # Queue ids per flush command line: far below ARG_MAX (2 MiB on Linux) even
 # with Exim 4.97+ 23-character ids, and small enough to run a few in parallel.
 MAX_IDS_PER_RUN = 200
+
+log = logging.getLogger("etrn_bridge.backend")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +183,8 @@ def _schema(program_option: str, default_program: str, extra: Mapping[str, Any])
             "default": DEFAULT_LISTING_MAX_AGE,
             "description": "Seconds a queue listing stays good for further requests: "
             "concurrent ETRN share one listing run in flight, and one that began at most "
-            "this long ago is reused (0: share only the run in flight). Not used for "
-            "targets the queue index answers.",
+            "this long before a request arrived answers it too (0: share only the run in "
+            "flight). Not used for targets the queue index answers.",
         },
     }
     properties.update(extra)

@@ -11,12 +11,15 @@ import argparse
 import asyncio
 import os
 import pwd
+import sqlite3
 from collections.abc import Sequence
 
 from etrn_bridge.backends.base import create_backend
 from etrn_bridge.backends.mta import Finding, Level, MtaBackend
 from etrn_bridge.cli.configfile import add_config_argument, load_or_report
 from etrn_bridge.config import Config
+from etrn_bridge.queueindex.settings import IndexSettings
+from etrn_bridge.queueindex.store import QueueIndex
 
 MARKS = {Level.OK: "ok    ", Level.FIX: "FIX   ", Level.ADVICE: "advice"}
 
@@ -92,8 +95,40 @@ async def diagnose(config: Config, backend: MtaBackend) -> int:
     runs_as = bridge_user(config.user)
     if uses_sudo(backend.command_prefix) and runs_as != "root":
         findings.extend(await check_sudo(backend, runs_as))
+    if config.index is not None:
+        findings.append(check_index(config.index, runs_as))
     for finding in findings:
         print(f"{MARKS[finding.level]} {finding.text}")
     ready = all(finding.level is not Level.FIX for finding in findings)
     print("ready" if ready else "NOT ready: change the FIX lines above")
     return 0 if ready else 1
+
+
+def check_index(settings: IndexSettings, user: str) -> Finding:
+    """Can ``user`` write the index (SQLite also creates -wal/-shm beside it), and how
+    fresh is it?"""
+    directory = settings.file.parent
+    try:
+        owner = directory.stat().st_uid
+    except OSError as exc:
+        return Finding(Level.FIX, f"index: {directory}: {exc.strerror} (create it for {user})")
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return Finding(Level.FIX, f"index: no such user {user!r}")
+    if uid not in (0, owner):  # root writes anywhere
+        return Finding(
+            Level.FIX,
+            f"index: {directory} is not {user}'s: install -d -o {user} {directory}",
+        )
+    if not settings.file.exists():
+        return Finding(Level.OK, f"index: {settings.file} will be created by serve")
+    index = QueueIndex(settings.file)
+    try:
+        rows, age = index.stats()
+    except sqlite3.Error as exc:
+        return Finding(Level.FIX, f"index: {settings.file} unreadable ({exc}): remove it")
+    finally:
+        index.close()
+    when = "never reconciled" if age is None else f"reconciled {age:.0f} s ago"
+    return Finding(Level.OK, f"index: {settings.file}: {rows} messages, {when}")
