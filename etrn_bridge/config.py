@@ -277,7 +277,7 @@ def _build(data: dict[str, Any], file: Path, sections: _CheckedSections) -> Conf
         workers=data.get("workers", 1),
         event_loop=data.get("event_loop", "asyncio"),
         index=parse_index(data.get("index"), base_dir),
-        milter=parse_milter(data.get("milter"), base_dir),
+        milter=parse_milter(data.get("milter")),
     )
 
 

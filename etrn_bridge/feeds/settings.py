@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 DEFAULT_SOCKET = "unix:/run/etrn-bridge/milter.sock"
@@ -73,7 +72,7 @@ class MilterSettings:
     enabled: bool = True
 
 
-def parse_milter(section: Mapping[str, Any] | None, base_dir: Path) -> MilterSettings | None:
+def parse_milter(section: Mapping[str, Any] | None) -> MilterSettings | None:
     if section is None:
         return None
     exim_feed = section.get("exim_feed")
