@@ -11,6 +11,7 @@ from typing import Any
 from etrn_bridge import defaults
 from etrn_bridge.admission import CONNECTIONS_SCHEMA
 from etrn_bridge.backends.base import registered_backends
+from etrn_bridge.feeds.settings import MILTER_SCHEMA
 from etrn_bridge.hookconfig import HOOKS_SCHEMA
 from etrn_bridge.metrics.settings import metrics_schema
 from etrn_bridge.policy.schema import LIMITS_SCHEMA, POLICY_SCHEMA
@@ -184,6 +185,7 @@ def config_schema() -> dict[str, Any]:
             "connections": CONNECTIONS_SCHEMA,
             "limits": LIMITS_SCHEMA,
             "index": INDEX_SCHEMA,
+            "milter": MILTER_SCHEMA,
             "policy": POLICY_SCHEMA,
             "metrics": metrics_schema(_LISTEN_PATTERN),
             "cluster": CLUSTER_SCHEMA,

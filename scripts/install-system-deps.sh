@@ -8,8 +8,9 @@
 #   as PID 1); logrotate: rotates the audit file in its test;
 #   patchelf: a setgid postqueue for the lab (setgid programs ignore LD_LIBRARY_PATH);
 #   redis-server: the cluster tests start their own instance (never the system service).
+#   libmilter-dev, gcc, python3-dev: pymilter (the [milter] extra) builds against them.
 set -euo pipefail
-PACKAGES=(perl fetchmail sudo groff-base iproute2 util-linux mount systemd logrotate patchelf redis-server)
+PACKAGES=(perl fetchmail sudo groff-base iproute2 util-linux mount systemd logrotate patchelf redis-server libmilter-dev gcc python3-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -18,6 +18,7 @@ echo "== mypy"
 if [ "$(id -u)" = 0 ]; then
     echo "== system packages and the MTA lab (root: installing)"
     bash scripts/install-system-deps.sh
+    VENV=${VENV:-.venv} bash scripts/milter-extra.sh
     bash tests/mta/lab/all.sh install
     export ETRN_BRIDGE_MTA_LAB=/opt/mta-lab
 else

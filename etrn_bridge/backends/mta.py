@@ -84,20 +84,28 @@ class Selection:
 
     queue_ids: tuple[str, ...]
     shared: int = 0
+    held: tuple[str, ...] = ()  # of queue_ids: held until ETRN, released before the flush
 
 
-def select_messages(messages: Iterable[QueuedMessage], covers: DomainPredicate) -> Selection:
-    """The messages with at least one recipient whose domain is covered (held ones never)."""
+def select_messages(
+    messages: Iterable[QueuedMessage], covers: DomainPredicate, *, release_held: bool = False
+) -> Selection:
+    """The messages with at least one recipient whose domain is covered. Held ones
+    only with ``release_held``: the index's, which the milter held until this ETRN
+    (a listing's held messages may be the operator's, and stay)."""
     selected: list[str] = []
+    held: list[str] = []
     shared = 0
     for message in messages:
-        if message.held:
+        if message.held and not release_held:
             continue
         covered = [_covered(address, covers) for address in message.recipients]
         if any(covered):
             selected.append(message.queue_id)
             shared += not all(covered)
-    return Selection(tuple(selected), shared)
+            if message.held:
+                held.append(message.queue_id)
+    return Selection(tuple(selected), shared, tuple(held))
 
 
 class QueueListing:
@@ -316,6 +324,12 @@ class MtaBackend(ABC):
             raise ListingError(result)
         return self.parse_listing(result, queue)
 
+    async def release_held(self, queue_ids: tuple[str, ...]) -> ProgramResult | None:
+        """Take messages the milter held (hold: true) out of hold, so that the flush
+        that follows delivers them; the first failed run, or None. An MTA that
+        holds by configuration (Exim's hold_domains) has nothing to do here."""
+        return None
+
     @abstractmethod
     async def flush_selected(self, target: Target, queue_ids: tuple[str, ...]) -> FlushResult:
         """Start delivery of exactly ``queue_ids`` (never empty)."""
@@ -336,7 +350,7 @@ class MtaBackend(ABC):
         if target.kind is not TargetKind.QUEUE:
             indexed = self._from_index(target)
             if indexed is not None:
-                return select_messages(indexed, covers), FROM_INDEX
+                return select_messages(indexed, covers, release_held=True), FROM_INDEX
         queue = target.name if target.kind is TargetKind.QUEUE else None
         listing, shared = await self._listed(queue)
         return listing.select(covers), FROM_SHARED_LISTING if shared else FROM_LISTING
@@ -377,6 +391,10 @@ class MtaBackend(ABC):
         if not selection.queue_ids:
             # Nothing waiting: no flush at all (251).
             return FlushResult(started=True, pending=0, selected_from=source)
+        if selection.held:
+            failed = await self.release_held(selection.held)
+            if failed is not None:
+                return failure(failed)
         result = await self.flush_selected(target, selection.queue_ids)
         if result.started and self._index_marks is not None:
             self._forget_flushed(self._index_marks, selection.queue_ids)

@@ -17,10 +17,12 @@ Facts (measured on Sendmail 8.17, tests/mta/lab/README.md §4-5):
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from etrn_bridge.backends.mta import (
     Finding,
     Level,
+    ListingError,
     MtaBackend,
     QueuedMessage,
     UnknownQueue,
@@ -93,6 +95,23 @@ class SendmailBackend(MtaBackend):
         if failed is not None:
             return failure(failed)
         return FlushResult(started=True, pending=len(queue_ids), queue_ids=queue_ids)
+
+    async def queued_messages(self) -> list[QueuedMessage]:
+        """For reconciliation: plain ``-bp`` leaves quarantined items (hf files) out;
+        ``-bp -qQ`` lists them, so mail held until ETRN stays in the index."""
+        plain = await super().queued_messages()
+        result = await self.run("-bp", "-qQ")
+        if not result.ok:
+            raise ListingError(result)
+        return plain + [replace(m, held=True) for m in parse_sendmail_bp(result.stdout)]
+
+    async def release_held(self, queue_ids: tuple[str, ...]) -> ProgramResult | None:
+        """``-qQ -qI<id> -Q``: among quarantined items (hf files), the empty reason
+        unquarantines; the flush that follows delivers them with -qI."""
+        argvs = [
+            ("-qQ", *("-qI" + queue_id for queue_id in chunk), "-Q") for chunk in chunks(queue_ids)
+        ]
+        return await self.run_each(argvs)
 
     async def version(self) -> ProgramResult:
         # -d0.1 prints "Version 8.x" first; -bt reads no rules from /dev/null.

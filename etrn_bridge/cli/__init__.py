@@ -16,6 +16,7 @@ from etrn_bridge import __version__
 # Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (
     "serve",
+    "milter",
     "check",
     "explain",
     "send",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import grp
 import logging
 import os
@@ -71,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, PasswordFileError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE
+    # The policy lives as long as the process: out of the collector's full scans,
+    # which over a big policy's objects stop sessions for 0.1 s and more.
+    gc.freeze()
     if config.workers == 1:
         return run_worker(runtime, runtime.socket_sets[0])
     return supervise(runtime)
@@ -190,11 +194,18 @@ def run_worker(runtime: Runtime, sockets: list[socket.socket]) -> int:
 
 
 def on_sighup(runtime: Runtime) -> None:
-    """SIGHUP: re-open the audit file after rotation, then re-read the config's policy."""
+    """SIGHUP: re-open the audit file after rotation, then re-read the config's policy
+    (built off the event loop, so sessions are answered while it loads)."""
     runtime.notifier.reloading()
     runtime.audit.reopen()
     log.info("SIGHUP: audit file re-opened")
-    reloaded = runtime.service.reload_from(runtime.config.path)
+    reload = runtime.service.reload_in_background(runtime.config.path)
+    reload.add_done_callback(lambda done: reload_finished(runtime, done))
+
+
+def reload_finished(runtime: Runtime, done: asyncio.Task[bool]) -> None:
+    """Tell the service manager the reload is over, and how it went."""
+    reloaded = not done.cancelled() and done.exception() is None and done.result()
     verdict = "reloaded" if reloaded else "reload FAILED, previous policy in force"
     runtime.notifier.ready(f"{verdict}; {status_line(runtime.service.counts)}")
 

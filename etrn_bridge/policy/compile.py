@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from etrn_bridge.policy.hold import parse_quota
 from etrn_bridge.policy.index import Network, NetworkSet
 from etrn_bridge.policy.limits import EntryLimits, parse_entry_limits
 from etrn_bridge.policy.model import (
@@ -89,6 +90,8 @@ class _Compiler:
             )
             if isinstance(limits, Mapping)
             else EntryLimits(),
+            hold=raw.get("hold") is True,
+            quota=parse_quota(raw.get("quota")),
         )
         if allow and not any(raw.get(kind) for kind in CLIENT_MATCHERS):
             self.problem(
@@ -97,6 +100,8 @@ class _Compiler:
                 "would let ANY client that can connect flush its targets; name the clients "
                 "(write networks: ['0.0.0.0/0', '::/0'] if you really mean everyone)",
             )
+        if raw.get("quota") is not None and raw.get("hold") is not True:
+            self.problem((*path, "quota"), "a quota applies to held mail: set hold: true")
         if allow and not raw.get("targets") and "targets_file" not in raw:
             self.problem(path, "allows nothing: give targets or targets_file")
         return entry

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from etrn_bridge.policy.hold import Quota
 from etrn_bridge.policy.index import Address, NetworkSet, TargetIndex, client_address
 from etrn_bridge.policy.limits import EntryLimits
 from etrn_bridge.request import Decision, Identity
@@ -109,6 +110,8 @@ class Entry:
     rdns: HostnamePatterns = field(default_factory=HostnamePatterns)
     targets: tuple[Target, ...] = ()
     limits: EntryLimits = field(default_factory=EntryLimits)
+    hold: bool = False  # hold its mail until ETRN (policy/hold.py)
+    quota: Quota | None = None
 
     @property
     def section(self) -> str:

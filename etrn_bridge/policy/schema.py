@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from etrn_bridge.policy.hold import HOLD_SCHEMA, QUOTA_SCHEMA
 from etrn_bridge.policy.limits import (
     DEFAULT_MAX_CONCURRENT_FLUSHES,
     DEFAULT_PER_CLIENT,
@@ -73,7 +74,12 @@ CLIENT_ENTRY_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["id"],
     "description": "Allows its targets to clients that match ALL its matchers.",
-    "properties": {**_MATCHERS, "limits": ENTRY_LIMITS_SCHEMA},
+    "properties": {
+        **_MATCHERS,
+        "limits": ENTRY_LIMITS_SCHEMA,
+        "hold": HOLD_SCHEMA,
+        "quota": QUOTA_SCHEMA,
+    },
 }
 
 DENY_ENTRY_SCHEMA: dict[str, Any] = {

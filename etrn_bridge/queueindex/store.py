@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -261,8 +261,13 @@ class QueueIndex:
             db.executemany("DELETE FROM recipient WHERE queue_id = ?", gone)
             db.executemany("DELETE FROM message WHERE queue_id = ?", gone)
             removed = len(gone)
-            for queue_id, message in wanted.items():
+            for queue_id, listed_message in wanted.items():
                 old = known.get(queue_id)
+                if old is None and listed_message.held:
+                    continue  # held by someone else (the operator): not ours to flush
+                # Held is the feeds' fact (held until ETRN, released by it): a listing
+                # cannot tell that hold from the operator's, so known rows keep theirs.
+                message = replace(listed_message, held=old is not None and old[1].held)
                 if old is None:
                     added += 1
                 elif old[0] >= listing_began:

@@ -225,3 +225,19 @@ def test_readers_never_wait_for_a_writer_and_a_short_timeout_gives_up(tmp_path: 
         other.close()
         quick.close()
         setup.close()
+
+
+def test_reconcile_keeps_the_feeds_hold_and_never_takes_one_from_a_listing(
+    index: QueueIndex,
+) -> None:
+    # The milter held A1; a listing cannot tell its hold from the operator's.
+    index.record("A1", ["x@customer.test"], 100, held=True)
+    listed = [
+        IndexedMessage("A1", ("x@customer.test",), 100, held=False),
+        IndexedMessage("A2", ("y@customer.test",), 100, held=True),  # the operator's hold
+    ]
+    index.reconcile(listed, time.time() + 1)
+
+    # A2 is not the index's business: an ETRN must not release the operator's hold.
+    held = {m.queue_id: m.held for m in index.select(parse_target("customer.test"))}
+    assert held == {"A1": True}
