@@ -37,6 +37,9 @@ from etrn_bridge.target import Target, TargetKind, recipient_domain
 # stays well below this.
 BUSY_TIMEOUT_MS = 10_000
 SCHEMA_VERSION = 1
+# Seconds a claimed reconciliation may take before another process may claim it
+# again (the claimer died, or its listing failed); a finished one waits the period.
+RECONCILE_LEASE = 600.0
 # Stored for recipients without a usable domain: never selected, still listed.
 NO_DOMAIN = ""
 
@@ -227,18 +230,23 @@ class QueueIndex:
 
     # -- reconciliation ---------------------------------------------------------------------
 
-    def claim_reconcile(self, interval: float) -> float:
+    def claim_reconcile(self, interval: float, lease: float = RECONCILE_LEASE) -> float:
         """Take the next reconciliation if none was claimed within ``interval`` seconds.
 
         0.0: the caller runs it now. Otherwise the seconds until one is due. One
         claim per interval over every process sharing the file: at most one
-        listing per interval, whoever runs it.
+        listing per interval, whoever runs it. A claim that did not end in a
+        reconciliation (its process died, its listing failed) expires after
+        ``lease`` seconds when that is shorter.
         """
         now = time.time()
         with self._write() as db:
-            last = _meta(db, CLAIMED)
-            if last is not None and now - last < interval:
-                return interval - (now - last)
+            claimed, reconciled = _meta(db, CLAIMED), _meta(db, RECONCILED)
+            if claimed is not None:
+                finished = reconciled is not None and reconciled >= claimed
+                due = claimed + (interval if finished else min(interval, lease))
+                if now < due:
+                    return due - now
             _set_meta(db, CLAIMED, now)
         return 0.0
 

@@ -175,6 +175,18 @@ def test_claim_reconcile_once_per_interval(tmp_path: Path) -> None:
     second.close()
 
 
+def test_an_abandoned_claim_expires_after_its_lease(tmp_path: Path) -> None:
+    first = QueueIndex(tmp_path / "i.sqlite")
+    assert first.claim_reconcile(3600, lease=0.05) == 0.0  # ... and its process dies
+    assert first.claim_reconcile(3600, lease=0.05) > 0
+    time.sleep(0.06)
+    assert first.claim_reconcile(3600, lease=0.05) == 0.0
+    first.reconcile([], time.time())  # this one finishes: the whole period now
+    time.sleep(0.06)
+    assert first.claim_reconcile(3600, lease=0.05) > 3500
+    first.close()
+
+
 def test_threads_share_one_index(index: QueueIndex) -> None:
     def write(thread: int) -> None:
         for n in range(50):
