@@ -66,21 +66,26 @@ class HookConnection:
         cut short, or one too slow.
         """
         settings = self.server.settings
+        loop = asyncio.get_running_loop()
         start = b""
-        if first:
-            try:
-                async with asyncio.timeout(settings.idle_timeout):
-                    start = await self.reader.read(1)
-            except TimeoutError:
-                return None  # idle: closed quietly, the MTA reconnects
-            if not start:
-                return None
-            if start == separator:
-                return start
+        idle = first
         try:
-            async with asyncio.timeout(settings.request_timeout):
+            # One timer per request, moved on at its first byte (cheaper than two).
+            async with asyncio.timeout(
+                settings.idle_timeout if first else settings.request_timeout
+            ) as limit:
+                if first:
+                    start = await self.reader.read(1)
+                    if not start:
+                        return None
+                    if start == separator:
+                        return start
+                    idle = False
+                    limit.reschedule(loop.time() + settings.request_timeout)
                 return start + await self._read_until(separator, cut_short=bool(start))
         except TimeoutError:
+            if idle:
+                return None  # idle: closed quietly, the MTA reconnects
             raise self._too_slow() from None
 
     async def _read_until(self, separator: bytes, cut_short: bool) -> bytes:

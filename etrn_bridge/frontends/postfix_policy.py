@@ -57,13 +57,14 @@ async def read_request(connection: HookConnection) -> dict[str, str] | None:
     block = await connection.read_until(END_OF_REQUEST, first=True)
     if block is None:
         return None
-    text = block.decode("utf-8", "surrogateescape")
-    attributes: dict[str, str] = {}
-    for line in text[: -len(END_OF_REQUEST)].split("\n"):
-        name, equals, value = line.partition("=")
-        if not equals or not name:
-            raise RequestError("not a name=value line" if line else "empty request")
-        attributes[name] = value
+    text = block[: -len(END_OF_REQUEST)].decode("utf-8", "surrogateescape")
+    try:
+        # dict() of the split lines runs in C; a line without "=" is a ValueError.
+        attributes = dict(line.split("=", 1) for line in text.split("\n"))
+    except ValueError:
+        raise RequestError("not a name=value line" if text else "empty request") from None
+    if "" in attributes:
+        raise RequestError("not a name=value line")
     return attributes
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,9 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 T = TypeVar("T")
 
 
+# Parsed addresses are immutable; the same few clients ask again and again, and the
+# service and the policy both parse each request's address.
+@functools.lru_cache(maxsize=4096)
 def client_address(text: str) -> Address:
     """The address as the policy compares it: IPv4-mapped IPv6 becomes IPv4."""
     address = ipaddress.ip_address(text)

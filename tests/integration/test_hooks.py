@@ -347,6 +347,26 @@ def test_unfinished_request_times_out(
     hooked.wait_for_log("not finished within 1 s")
 
 
+def test_idle_connection_is_closed_quietly(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    """idle_timeout (1 s here): a connection that asks nothing more is closed without
+    a warning, while a request begun still gets the whole request_timeout (30 s)."""
+    bridge = start_bridge(hooks_config(tmp_path, idle_timeout=1, request_timeout=30))
+    with connect(tmp_path / "postfix.sock") as sock:
+        sock.sendall(POSTFIX_ETRN.format(domain="customer.example").encode())
+        assert read_answers(sock, 1, b"\n\n") == [b"action=OK"]
+        assert read_until_closed(sock) == b""
+    with connect(tmp_path / "postfix.sock") as sock:
+        request = POSTFIX_ETRN.format(domain="customer.example").encode()
+        sock.sendall(request[:20])
+        time.sleep(2)  # longer than idle_timeout, inside request_timeout
+        sock.sendall(request[20:])
+        assert read_answers(sock, 1, b"\n\n") == [b"action=OK"]
+    assert len(bridge.etrn_records()) == 2
+    assert not [line for line in bridge.log_lines if "closing" in line]
+
+
 def test_connection_cap(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
     """1,000 connections against a cap of 50: the first 50 are served, the rest
     closed at once, and the hook answers again once they are gone."""
