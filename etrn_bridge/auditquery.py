@@ -98,11 +98,22 @@ def _etrn_layout() -> re.Pattern[bytes]:
         "exit_status": count,
         "pending": f"(?:{integer}|null)",
     }
+    strings = rf"(?:null|\[{string}(?:,{string})*+\])"
+    tail = {
+        "shared_messages": count,
+        "queue_ids": strings,
+        "selected_from": count,
+        "detail": text,
+        "duration_ms": number,
+        "client_gone": "(?:true|false)",
+        "cut": "(?:true|false)",
+    }
     fixed = ",".join(f'"{key}":{pattern}' for key, pattern in head.items())
     fixed += ",(" + ",".join(f'"{key}":{pattern}' for key, pattern in span.items()) + ")"
-    # The members after them (queue ids, detail, extras) are checked too, and none
-    # may repeat a key above: json.loads would let the repeat win.
-    known = f"(?:{'|'.join([*head, *span])})"
+    fixed += "".join(f',"{key}":{pattern}' for key, pattern in tail.items())
+    # The members after them (the outcome's extras) are checked too, and none may
+    # repeat a key above: json.loads would let the repeat win.
+    known = f"(?:{'|'.join([*head, *span, *tail])})"
     others = rf'(?:,"(?!{known}")[A-Za-z0-9_]++":{value})*+'
     return re.compile(rf"^(?:\{{{fixed}{others}\}}|(.+))$".encode("ascii"), re.MULTILINE)
 
