@@ -375,3 +375,51 @@ def test_the_first_malformed_line_is_named_by_its_own_number(tmp_path: Path) -> 
     summary = auditquery.summarise([path], Query())
     assert summary.malformed.count == 2
     assert summary.malformed.first == f"{path}:2"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [Query(), Query(networks=(parse_network("127.0.0.0/24"),), since="2026-11-20T00:00:00.000Z")],
+    ids=["all", "filtered"],
+)
+def test_one_process_per_file_sums_up_to_the_one_process_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: Query
+) -> None:
+    admin = flush_record(
+        "admin_flush", parse_target("c1.example"), "log", FlushResult(True, pending=3), user="ops"
+    )
+
+    def day(number: int) -> list[dict[str, Any] | bytes]:
+        stamp = f"2026-11-{number:02d}T10:00:00.000Z"
+        return [
+            *(etrn(f"127.0.{i % 2}.{i % 3 + 1}", f"c{i % 4}.example", ts=stamp) for i in range(40)),
+            etrn("127.0.0.1", "c1.example", Status.DENIED, ts=stamp),
+            {**admin, "ts": stamp},
+            *hostile_variants()[number % 3 :: 3],
+        ]
+
+    live = write(tmp_path / "audit.jsonl", day(29))
+    write(tmp_path / "audit.jsonl.1", day(28))
+    gzip_file(tmp_path / "audit.jsonl.2.gz", day(27))
+    gzip_file(tmp_path / "audit.jsonl-20261101.gz", day(1))
+    broken = gzip_file(tmp_path / "audit.jsonl.3.gz", day(26))
+    broken.write_bytes(broken.read_bytes()[:-20])
+    files = audit_files(live)
+
+    one = auditquery.summarise(files, query)
+    merged: list[object] = []
+    add_part = auditquery._add_part
+    monkeypatch.setattr(auditquery, "_add_part", lambda s, part: merged.append(add_part(s, part)))
+    monkeypatch.setattr(auditquery, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(auditquery.os, "sched_getaffinity", lambda pid: {0, 1})
+    parallel = auditquery.summarise(files, query)
+
+    assert len(merged) == len(files) == 5  # the parts really came from workers
+    assert {k: r.values() for k, r in parallel.rows.items()} == {
+        k: r.values() for k, r in one.rows.items()
+    }
+    assert (parallel.lines, parallel.matched) == (one.lines, one.matched)
+    assert parallel.matched > 0
+    assert parallel.malformed == one.malformed
+    assert parallel.malformed.first is not None and "20261101" in parallel.malformed.first
+    assert parallel.unreadable == one.unreadable and len(one.unreadable) == 1
