@@ -19,8 +19,7 @@ query's time bounds, targets, statuses and IPv4 networks drop the lines in
 the writer's layout that cannot match, by slicing and substring tests on the
 raw bytes (the writer escapes every quote inside a string, so a
 ``"key":"value"`` token can only be that member). Malformed lines are counted
-among the lines those tests keep. A trail of several large files is read by
-one process per file (fork), the parts added up in file order.
+among the lines those tests keep.
 """
 
 from __future__ import annotations
@@ -29,8 +28,6 @@ import gzip
 import io
 import ipaddress
 import json
-import multiprocessing
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -57,8 +54,6 @@ SUMMARISED_EVENTS = ("etrn", "admin_flush")
 NO_RULE = "-"  # --rule - selects requests no policy entry decided
 NO_TARGET = "-"  # the row of requests whose argument did not parse
 BLOCK_BYTES = 1 << 22  # read this much at a time; lines are never cut
-# Below this much file, starting a process per file costs more than it saves.
-PARALLEL_BYTES = 64 << 20
 
 
 def _etrn_layout() -> re.Pattern[bytes]:
@@ -202,16 +197,6 @@ class Row:
         setattr(self, column, getattr(self, column) + count)
         self.messages += messages * count
         self.last_seen = max(self.last_seen, last_seen)
-
-    def add_values(self, values: tuple[int, int, int, int, int, int, str]) -> None:
-        """Another Row's ``values()`` (the same client and target in another file)."""
-        self.requests += values[0]
-        self.allowed += values[1]
-        self.denied += values[2]
-        self.failed += values[3]
-        self.invalid += values[4]
-        self.messages += values[5]
-        self.last_seen = max(self.last_seen, values[6])
 
     def values(self) -> tuple[int, int, int, int, int, int, str]:
         """The columns after client and target, in ROW_COLUMNS order."""
@@ -544,77 +529,6 @@ def _span_facts(span: bytes, matcher: _Matcher) -> _SpanFacts:
 
 
 def summarise(files: Iterable[Path], query: Query) -> Summary:
-    """The rows of the records ``query`` selects in ``files`` (oldest first).
-
-    A large trail of several files is read by one process per file, as many at
-    a time as there are CPUs; the parts are added up in file order, so the
-    summary is the one a single process makes.
-    """
-    paths = list(files)
-    workers = min(len(paths), len(os.sched_getaffinity(0)))
-    work = {path: _work(path) for path in paths}
-    if workers < 2 or sum(work.values()) < PARALLEL_BYTES:
-        return _summarise_files(paths, query)
-    # fork: the command is single-threaded, and a worker needs nothing re-imported.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        # The biggest files first, so that no worker is left with one at the end.
-        pending = {
-            path: pool.apply_async(_summary_part, (path, query))
-            for path in sorted(paths, key=work.__getitem__, reverse=True)
-        }
-        parts = [pending[path].get() for path in paths]
-    summary = Summary()
-    for part in parts:
-        _add_part(summary, part)
-    return summary
-
-
-def _work(path: Path) -> int:
-    """About how many bytes of text ``path`` holds (audit lines gzip about 10:1)."""
-    try:
-        size = path.stat().st_size
-    except OSError:  # gone since it was listed: reading it reports that
-        return 0
-    return size * 10 if path.suffix == ".gz" else size
-
-
-@dataclass(frozen=True, slots=True)
-class _Part:
-    """One file's summary as a worker hands it back (plain tuples pickle fast)."""
-
-    rows: dict[tuple[str, str], tuple[int, int, int, int, int, int, str]]
-    lines: int
-    matched: int
-    malformed: tuple[int, str | None]
-    unreadable: list[str]
-
-
-def _summary_part(path: Path, query: Query) -> _Part:
-    summary = _summarise_files([path], query)
-    return _Part(
-        {key: row.values() for key, row in summary.rows.items()},
-        summary.lines,
-        summary.matched,
-        (summary.malformed.count, summary.malformed.first),
-        summary.unreadable,
-    )
-
-
-def _add_part(summary: Summary, part: _Part) -> None:
-    rows = summary.rows
-    for key, values in part.rows.items():
-        row = rows.get(key)
-        if row is None:
-            row = rows[key] = Row()
-        row.add_values(values)
-    summary.lines += part.lines
-    summary.matched += part.matched
-    summary.malformed.count += part.malformed[0]
-    summary.malformed.first = summary.malformed.first or part.malformed[1]
-    summary.unreadable += part.unreadable
-
-
-def _summarise_files(files: Iterable[Path], query: Query) -> Summary:
     summary = Summary()
     matcher = _Matcher(query)
     tally = _Tally(summary)
