@@ -126,8 +126,8 @@ def _query(args: argparse.Namespace) -> Query:
 
 
 def _columns(summary: Summary) -> list[list[str]]:
-    """The rows sorted by client and target, as text, one list per column (200k rows
-    are printed in well under a second this way)."""
+    """The rows sorted by client and target, as text, one list per column (a
+    provider's summary has 200k rows: built a column at a time, not a row)."""
     keys = sorted(summary.rows)
     values = zip(*map(Row.values, map(summary.rows.__getitem__, keys)), strict=True)
     return [
@@ -142,8 +142,8 @@ def _json_lines(summary: Summary) -> str:
         return ""
     columns = _columns(summary)
     # ensure_ascii: whatever a hostile file held is printed escaped.
-    for text in (0, 1, len(columns) - 1):
-        columns[text] = list(map(encode_basestring_ascii, columns[text]))
+    for index in (0, 1, len(columns) - 1):  # client, target, last_seen
+        columns[index] = list(map(encode_basestring_ascii, columns[index]))
     return "\n".join(map(_JSON_ROW.__mod__, zip(*columns, strict=True))) + "\n"
 
 
