@@ -98,11 +98,22 @@ def _etrn_layout() -> re.Pattern[bytes]:
         "exit_status": count,
         "pending": f"(?:{integer}|null)",
     }
+    strings = rf"(?:null|\[{string}(?:,{string})*+\])"
+    tail = {
+        "shared_messages": count,
+        "queue_ids": strings,
+        "selected_from": count,
+        "detail": text,
+        "duration_ms": number,
+        "client_gone": "(?:true|false)",
+        "cut": "(?:true|false)",
+    }
     fixed = ",".join(f'"{key}":{pattern}' for key, pattern in head.items())
     fixed += ",(" + ",".join(f'"{key}":{pattern}' for key, pattern in span.items()) + ")"
-    # The members after them (queue ids, detail, extras) are checked too, and none
-    # may repeat a key above: json.loads would let the repeat win.
-    known = f"(?:{'|'.join([*head, *span])})"
+    fixed += "".join(f',"{key}":{pattern}' for key, pattern in tail.items())
+    # The members after them (the outcome's extras) are checked too, and none may
+    # repeat a key above: json.loads would let the repeat win.
+    known = f"(?:{'|'.join([*head, *span, *tail])})"
     others = rf'(?:,"(?!{known}")[A-Za-z0-9_]++":{value})*+'
     return re.compile(rf"^(?:\{{{fixed}{others}\}}|(.+))$".encode("ascii"), re.MULTILINE)
 
@@ -180,6 +191,13 @@ class Row:
     messages: int = 0  # queued messages the flushes selected (coalesced replies not counted)
     last_seen: str = ""
 
+    def add(self, column: str, count: int, messages: int, last_seen: str) -> None:
+        """``count`` requests that ended in ``column`` (``outcome_column``)."""
+        self.requests += count
+        setattr(self, column, getattr(self, column) + count)
+        self.messages += messages * count
+        self.last_seen = max(self.last_seen, last_seen)
+
     def values(self) -> tuple[int, int, int, int, int, int, str]:
         """The columns after client and target, in ROW_COLUMNS order."""
         return (
@@ -194,6 +212,17 @@ class Row:
 
 
 ROW_COLUMNS = ("requests", "allowed", "denied", "failed", "invalid", "messages", "last_seen")
+
+
+def outcome_column(reply: int) -> str:
+    """The Row field a request answered with ``reply`` counts in."""
+    if 200 <= reply < 300:
+        return "allowed"
+    if reply == 459:
+        return "denied"
+    if reply == 458:
+        return "failed"
+    return "invalid"
 
 
 @dataclass(slots=True)
@@ -458,28 +487,13 @@ class _Tally:
         self.summary = summary
 
     def add(
-        self,
-        key: tuple[str, str],
-        reply: int,
-        messages: int,
-        last_seen: str,
-        count: int = 1,
+        self, key: tuple[str, str], column: str, messages: int, last_seen: str, count: int = 1
     ) -> None:
         row = self.summary.rows.get(key)
         if row is None:
             row = self.summary.rows[key] = Row()
         self.summary.matched += count
-        row.requests += count
-        if 200 <= reply < 300:
-            row.allowed += count
-        elif reply == 459:
-            row.denied += count
-        elif reply == 458:
-            row.failed += count
-        else:
-            row.invalid += count
-        row.messages += messages * count
-        row.last_seen = max(row.last_seen, last_seen)
+        row.add(column, count, messages, last_seen)
 
     def add_record(self, record: dict[str, Any]) -> None:
         if record["event"] == "etrn":
@@ -490,15 +504,16 @@ class _Tally:
             reply = 250 if record["ok"] else 458
             key = (f"admin:{record['user'] or '?'}", record["target"])
             counted = record["ok"]
-        self.add(key, reply, (record["pending"] or 0) if counted else 0, record["ts"])
+        messages = (record["pending"] or 0) if counted else 0
+        self.add(key, outcome_column(reply), messages, record["ts"])
 
 
 def _string_or_none(captured: bytes) -> str | None:
     return None if captured == b"null" else captured[1:-1].decode("ascii")
 
 
-# A span's part of a row: (target, reply code, messages it counts); None: filtered out.
-_SpanFacts = tuple[str, int, int] | None
+# A span's part of a row: (target, Row column, messages it counts); None: filtered out.
+_SpanFacts = tuple[str, str, int] | None
 
 
 def _span_facts(span: bytes, matcher: _Matcher) -> _SpanFacts:
@@ -510,7 +525,7 @@ def _span_facts(span: bytes, matcher: _Matcher) -> _SpanFacts:
         return None
     code = int(reply)
     counted = 200 <= code < 300 and coalesced == b"false" and pending != b"null"
-    return target_name or NO_TARGET, code, int(pending) if counted else 0
+    return target_name or NO_TARGET, outcome_column(code), int(pending) if counted else 0
 
 
 def summarise(files: Iterable[Path], query: Query) -> Summary:
@@ -539,21 +554,35 @@ def summarise(files: Iterable[Path], query: Query) -> Summary:
         keys = list(map(_KEY, rows))
         counts.update(keys)
         last_seen.update(zip(keys, map(_ROW_TS, rows), strict=True))
-    # Distinct spans and clients are far fewer than their pairs: judge each once.
-    spans: dict[bytes, _SpanFacts] = {}
-    clients: dict[bytes, str | None] = {}
-    for (client, span), count in counts.items():
-        if span not in spans:
-            spans[span] = _span_facts(span, matcher)
-        if client not in clients:
-            ip = client.decode("ascii")
-            clients[client] = ip if matcher.client_matches(ip) else None
-        facts, address = spans[span], clients[client]
-        if facts is not None and address is not None:
-            target, code, messages = facts
-            seen = last_seen[client, span].decode("ascii")
-            tally.add((address, target), code, messages, seen, count)
+    _add_counts(summary, matcher, counts, last_seen)
     return summary
+
+
+def _add_counts(
+    summary: Summary,
+    matcher: _Matcher,
+    counts: Counter[tuple[bytes, bytes]],
+    last_seen: dict[tuple[bytes, bytes], bytes],
+) -> None:
+    """The fast path's (client, span) counts as rows (a tight loop: ~300k pairs)."""
+    # Distinct spans and clients are far fewer than their pairs: judge each once.
+    spans = {span: _span_facts(span, matcher) for span in {span for _, span in counts}}
+    clients: dict[bytes, str | None] = {}
+    for client in {client for client, _ in counts}:
+        ip = client.decode("ascii")
+        clients[client] = ip if matcher.client_matches(ip) else None
+    rows = summary.rows
+    for pair, count in counts.items():
+        facts, address = spans[pair[1]], clients[pair[0]]
+        if facts is None or address is None:
+            continue
+        target, column, messages = facts
+        key = (address, target)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = Row()
+        row.add(column, count, messages, last_seen[pair].decode("ascii"))
+        summary.matched += count
 
 
 def _slow_path(block: Block, line: bytes, matcher: _Matcher, tally: _Tally) -> None:

@@ -10,15 +10,16 @@ usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Iterator
+from itertools import repeat
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 from etrn_bridge.auditquery import (
     ROW_COLUMNS,
     Query,
     QueryError,
+    Row,
     Summary,
     audit_files,
     parse_network,
@@ -33,6 +34,9 @@ EXIT_FOUND = 0
 EXIT_NONE = 1
 EXIT_USAGE = 2
 HEADINGS = ("client", "target", *ROW_COLUMNS)
+# One row as json.dumps(dict(zip(HEADINGS, row)), ensure_ascii=True) writes it; every
+# value is given as JSON text (the counts are ints, so str() is their JSON).
+_JSON_ROW = "{" + ", ".join(f'"{heading}": %s' for heading in HEADINGS) + "}"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,37 +125,49 @@ def _query(args: argparse.Namespace) -> Query:
     )
 
 
-def _rows(summary: Summary) -> Iterator[tuple[object, ...]]:
-    for (client, target), row in sorted(summary.rows.items()):
-        yield (client, target, *row.values())
+def _columns(summary: Summary) -> list[list[str]]:
+    """The rows sorted by client and target, as text, one list per column (a
+    provider's summary has 200k rows: built a column at a time, not a row)."""
+    keys = sorted(summary.rows)
+    values = zip(*map(Row.values, map(summary.rows.__getitem__, keys)), strict=True)
+    return [
+        [client for client, _ in keys],
+        [target for _, target in keys],
+        *(list(map(str, column)) for column in values),
+    ]
 
 
 def _json_lines(summary: Summary) -> str:
+    if not summary.rows:
+        return ""
+    columns = _columns(summary)
     # ensure_ascii: whatever a hostile file held is printed escaped.
-    return "".join(
-        json.dumps(dict(zip(HEADINGS, row, strict=True)), ensure_ascii=True) + "\n"
-        for row in _rows(summary)
-    )
+    for index in (0, 1, len(columns) - 1):  # client, target, last_seen
+        columns[index] = list(map(encode_basestring_ascii, columns[index]))
+    return "\n".join(map(_JSON_ROW.__mod__, zip(*columns, strict=True))) + "\n"
 
 
 def _table(summary: Summary) -> str:
     if not summary.rows:
         return ""
-    cells = [HEADINGS, *(tuple(map(str, row)) for row in _rows(summary))]
-    widths = [max(map(len, column)) for column in zip(*cells, strict=True)]
+    columns = [
+        [heading, *column] for heading, column in zip(HEADINGS, _columns(summary), strict=True)
+    ]
     # Names left-aligned, counts right-aligned, the time last.
-    layout = "  ".join(
-        f"{{{i}:{'<' if i < 2 else '>'}{width}}}" for i, width in enumerate(widths[:-1])
-    )
-    layout += f"  {{{len(widths) - 1}}}\n"
-    return "".join(_printable(layout.format(*line)) for line in cells)
+    padded = []
+    for number, column in enumerate(columns[:-1]):
+        width = max(map(len, column))
+        pad = str.ljust if number < 2 else str.rjust
+        padded.append(map(pad, column, repeat(width)))
+    lines = list(map("  ".join, zip(*padded, columns[-1], strict=True)))
+    if not all(map(str.isprintable, lines)):
+        lines = list(map(_printable, lines))
+    return "\n".join(lines) + "\n"
 
 
 def _printable(line: str) -> str:
     """A line a terminal shows as it is: control and other unprintable characters escaped."""
-    if line[:-1].isprintable():
-        return line
-    return line[:-1].encode("unicode_escape").decode("ascii") + "\n"
+    return line if line.isprintable() else line.encode("unicode_escape").decode("ascii")
 
 
 def _report(summary: Summary, files: int) -> None:

@@ -154,6 +154,15 @@ def hostile_variants() -> list[bytes]:
         good[:-1] + b',"reply":459}',  # a repeated key: json.loads takes the last
         good[:-1] + b',"nested":{"a":1}}',  # valid JSON the fast path leaves to json.loads
         good.replace(b'"pending":2', b'"pending":true'),  # a bool is not a count
+        # The members after "pending", which the layout names one by one.
+        good.replace(b'"queue_ids":["Q0","Q1"]', b'"queue_ids":["Q0","Q1",]'),
+        good.replace(b'"queue_ids":["Q0","Q1"]', b'"queue_ids":["Q0",1]'),  # valid JSON
+        good.replace(b'"duration_ms":0.0', b'"duration_ms":00'),
+        good.replace(b'"duration_ms":0.0', b'"duration_ms":1e5'),  # valid JSON
+        good.replace(b'"cut":false', b'"cut":nope'),
+        good.replace(b'"selected_from":null,', b""),  # a member missing: valid JSON
+        good.replace(b'"detail":null', b'"detail":"a\\u2028b"'),  # valid JSON
+        good[:-1] + b',"cut":true}',  # repeated: valid JSON, json.loads takes the last
     ]
 
 
