@@ -52,6 +52,11 @@ BACKEND_CLASSES: dict[str, type[MtaBackend]] = {
 BRIDGE_USER = "etrn-bridge"
 # How long "nothing else arrives" is watched after the expected mail came.
 QUIET_PERIOD = 1.0
+# What LabMta.reset() sends Postfix to spend a pending flush override: a lab
+# domain held by defer_transports, outside the lab's fast_flush_domains (no
+# flush(8) log entry) and outside every test's policy and milter holds.
+SETTLE_PROBE = "settle-probe@queued.test"
+SETTLE_ATTEMPTS = 3
 
 
 @dataclass
@@ -117,7 +122,41 @@ class LabMta:
         """Sink up, queue empty, nothing received: every test starts here."""
         self.script("clear-queue")
         self.script("sink-start")
+        if self.name == "postfix":
+            self._settle_postfix()
+            self.script("clear-queue")  # the probe, and the sink's copy if it slipped
         self.sent.clear()
+
+    def _settle_postfix(self) -> None:
+        """Leave no "override defer_transports" pending in Postfix's qmgr.
+
+        A site flush (postqueue -s) whose flush(8) log for the site exists but
+        is empty (an earlier flush emptied it: two ETRNs in a row) sends qmgr
+        its "flush dead" request (override defer_transports) and no queue
+        scan. qmgr keeps the override pending for the next incoming-queue
+        scan, started by the next arrival for ANY domain (or qmgr's 300 s
+        wakeup), and that message skips defer_transports. postsuper -d ALL
+        does not clear it (qmgr_scan.c, flush.c; measured with qmgr -v, see
+        tests/mta/lab/README.md). A probe starts that scan: delivered at once,
+        it spent the pending override; deferred, none is pending any more.
+        """
+        for _ in range(SETTLE_ATTEMPTS):
+            self._send([(SETTLE_PROBE,)])
+            if self._probe_deferred():
+                return
+            self.script("clear-queue")  # the slipped probe's copy at the sink
+        raise AssertionError(f"postfix: {SETTLE_ATTEMPTS} probes skipped defer_transports")
+
+    def _probe_deferred(self, timeout: float = 15) -> bool:
+        """True when the probe waits in the deferred queue, False when it was delivered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(q == "deferred" for _, rcpts, q in self.listing() if SETTLE_PROBE in rcpts):
+                return True
+            if SETTLE_PROBE in self.received():
+                return False
+            time.sleep(0.02)
+        raise AssertionError(f"postfix: settle probe neither deferred nor sent: {self.listing()}")
 
     def inject(
         self,
@@ -132,6 +171,11 @@ class LabMta:
         """
         before = len(self.listing(queue))
         groups = [recipients] if together else [(rcpt,) for rcpt in recipients]
+        self._send(groups)
+        self.wait_queued(before + len(groups), queue)
+
+    def _send(self, groups: list[tuple[str, ...]]) -> None:
+        """One message per group of recipients, over one SMTP session."""
         with smtplib.SMTP("127.0.0.1", self.smtp_port, local_hostname="client.test") as smtp:
             for group in groups:
                 message = EmailMessage()
@@ -144,7 +188,6 @@ class LabMta:
                 smtp.sendmail("sender@client.test", list(group), data)
                 for rcpt in group:
                     self.sent[rcpt] = body_of(data)
-        self.wait_queued(before + len(groups), queue)
 
     def listing(self, queue: str | None = None) -> list[tuple[str, tuple[str, ...], str | None]]:
         """The queue (Exim: the default or the named one; Postfix has no named
