@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
-from etrn_bridge import defaults
+from etrn_bridge import bulkschema, defaults
 from etrn_bridge.admission import ConnectionSettings
 from etrn_bridge.backends.base import BackendOptionError, create_backend
 from etrn_bridge.feeds.settings import MilterSettings, parse_milter
@@ -169,8 +168,7 @@ def _schema_problems(document: MarkedDocument) -> list[Problem]:
         Problem(mark, path, "duplicate key (the later value would silently win)")
         for path, mark in document.duplicate_keys
     ]
-    validator = jsonschema.Draft202012Validator(config_schema())
-    for error in validator.iter_errors(document.data):
+    for error in bulkschema.iter_errors(config_schema(), document.data):
         path = tuple(error.path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             # Name each unknown key at its own line, not at the mapping that holds it.
