@@ -70,7 +70,7 @@ def _bulk_array(
     return path, schema["items"], instance
 
 
-def _without(instance: dict[str, Any], paths: list[KeyPath]) -> dict[str, Any]:
+def _without(instance: dict[Any, Any], paths: list[KeyPath]) -> dict[Any, Any]:
     """A copy of the mappings along ``paths`` with the lists at their ends emptied."""
     top = dict(instance)
     for path in paths:

@@ -170,7 +170,11 @@ def _schema_problems(document: MarkedDocument) -> list[Problem]:
     ]
     for error in bulkschema.iter_errors(config_schema(), document.data):
         path = tuple(error.path)
-        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        if (
+            error.validator == "additionalProperties"
+            and isinstance(error.instance, dict)
+            and isinstance(error.schema, Mapping)
+        ):
             # Name each unknown key at its own line, not at the mapping that holds it.
             known = set(error.schema.get("properties", {}))
             for key in sorted(set(error.instance) - known):
