@@ -31,7 +31,13 @@ from etrn_bridge.policy.model import (
     Policy,
     normalize_fingerprint,
 )
-from etrn_bridge.target import Target, TargetError, parse_domain, parse_target
+from etrn_bridge.target import (
+    Target,
+    TargetError,
+    parse_domain,
+    parse_plain_targets,
+    parse_target,
+)
 from etrn_bridge.yamlmarks import KeyPath, Mark
 
 SECTIONS = {"clients": True, "deny": False}  # section -> whether its entries allow
@@ -126,19 +132,22 @@ class _Compiler:
     def targets_file(self, name: str, path: KeyPath) -> list[Target]:
         file = self.base_dir / name
         try:
-            lines = file.read_text(encoding="utf-8").splitlines()
+            content = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             self.problem(path, f"cannot read targets file {str(file)!r}: {exc}")
             return []
+        plain = parse_plain_targets(content)
+        if plain is not None:
+            return plain
         targets = []
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(content.splitlines(), start=1):
             text = line.split(TARGETS_FILE_COMMENT, 1)[0].strip()
             if not text:
                 continue
-            column = line.index(text) + 1
             try:
                 targets.append(parse_target(text))
             except TargetError as exc:
+                column = line.index(text) + 1
                 self.problem(path, f"{text!r}: {exc.reason}", Mark(str(file), number, column))
         return targets
 
@@ -156,7 +165,14 @@ def compile_policy(
 
 
 def _network(text: str) -> Network:
-    return ipaddress.ip_network(text, strict=True)
+    # The version is plain to see: skip ip_network's IPv4 attempt (an exception)
+    # for every IPv6 network; on any error, ip_network gives its usual message.
+    try:
+        if ":" in text:
+            return ipaddress.IPv6Network(text, strict=True)
+        return ipaddress.IPv4Network(text, strict=True)
+    except ValueError:
+        return ipaddress.ip_network(text, strict=True)
 
 
 def _rdns_pattern(text: str) -> str:
