@@ -65,3 +65,13 @@ def test_each_odd_line_is_either_parsed_the_same_or_left_to_the_line_path(line: 
         if fast is not None:
             assert fast == line_by_line(text)
             assert [str(t) for t in fast] == [str(t) for t in line_by_line(text) or []]
+
+
+def test_a_file_of_many_chunks_is_checked_in_every_chunk() -> None:
+    lines = [f"{'@' if k % 3 == 0 else ''}t{k}.bulk.example" for k in range(20_000)]
+    text = "\n".join(lines) + "\n"
+    assert parse_plain_targets(text) == line_by_line(text)
+    for position in (0, 1_000, 1_912, 1_913, 10_000, 19_999, 20_000):
+        for bad in ("", "bad..example", "# comment", "xn--bcher-kva.example"):
+            spoiled = [*lines[:position], bad, *lines[position:]]
+            assert parse_plain_targets("\n".join(spoiled)) is None, (position, bad)
