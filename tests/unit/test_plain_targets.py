@@ -73,5 +73,5 @@ def test_a_file_of_many_chunks_is_checked_in_every_chunk() -> None:
     assert parse_plain_targets(text) == line_by_line(text)
     for position in (0, 1_000, 1_912, 1_913, 10_000, 19_999, 20_000):
         for bad in ("", "bad..example", "# comment", "xn--bcher-kva.example"):
-            spoiled = [*lines[:position], bad, *lines[position:]]
-            assert parse_plain_targets("\n".join(spoiled)) is None, (position, bad)
+            spoiled = "\n".join([*lines[:position], bad, *lines[position:]]) + "\n"
+            assert parse_plain_targets(spoiled) is None, (position, bad)
