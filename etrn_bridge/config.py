@@ -110,19 +110,22 @@ class Config:
     milter: MilterSettings | None = None  # the index feeds of `etrn-bridge milter`
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; raises :class:`ConfigError` listing every problem."""
+def load_config(path: str | Path, leftovers: list[Any] | None = None) -> Config:
+    """Read and validate a config file; raises :class:`ConfigError` listing every problem.
+
+    With ``leftovers``, the parse tree goes there instead of being freed on return
+    (a reload frees it with ``release.release_gradually``, off the event loop)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(Mark(str(file), 1, 1), (), f"cannot read: {exc}")]) from None
-    return parse_config(text, file)
+    return parse_config(text, file, leftovers)
 
 
-def parse_config(text: str, file: Path) -> Config:
+def parse_config(text: str, file: Path, leftovers: list[Any] | None = None) -> Config:
     with _collector_paused():
-        return _parse_config(text, file)
+        return _parse_config(text, file, [] if leftovers is None else leftovers)
 
 
 @contextmanager
@@ -143,13 +146,14 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _parse_config(text: str, file: Path) -> Config:
+def _parse_config(text: str, file: Path, leftovers: list[Any]) -> Config:
     try:
         document = load_marked(text, str(file))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = Mark(str(file), mark.line + 1, mark.column + 1) if mark else Mark(str(file), 1, 1)
         raise ConfigError([Problem(where, (), f"YAML syntax: {exc}")]) from None
+    leftovers.append(document)
     if not isinstance(document.data, dict):
         raise ConfigError([Problem(document.mark(()), (), "the file must be a mapping of keys")])
     problems = _schema_problems(document)
