@@ -43,6 +43,7 @@ from etrn_bridge.yamlmarks import KeyPath, Mark
 SECTIONS = {"clients": True, "deny": False}  # section -> whether its entries allow
 CLIENT_MATCHERS = ("networks", "users", "tls_fingerprints", "rdns")
 TARGETS_FILE_COMMENT = "#"  # so queue targets ("#q") go inline in targets
+NO_HOSTNAMES = HostnamePatterns()  # shared by the many entries without rdns (immutable)
 
 _T = TypeVar("_T")
 
@@ -115,9 +116,9 @@ class _Compiler:
     def strings(
         self, raw: Mapping[str, Any], path: KeyPath, key: str, parse: Callable[[str], _T]
     ) -> list[_T]:
-        values = raw.get(key, [])
+        values = raw.get(key)
         parsed: list[_T] = []
-        if not isinstance(values, list):
+        if not values or not isinstance(values, list):
             return parsed
         for index, text in enumerate(values):
             if not isinstance(text, str):
@@ -184,7 +185,9 @@ def _rdns_pattern(text: str) -> str:
     return text.rstrip(".").lower()
 
 
-def _hostname_patterns(patterns: Iterable[str]) -> HostnamePatterns:
+def _hostname_patterns(patterns: list[str]) -> HostnamePatterns:
+    if not patterns:
+        return NO_HOSTNAMES
     exact, zones = set(), set()
     for pattern in patterns:
         if pattern.startswith(WILDCARD_PREFIX):
