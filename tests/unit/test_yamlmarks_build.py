@@ -37,6 +37,10 @@ def test_data_and_marks_match_the_constructor_and_a_separate_walk(text: str) -> 
         loader.dispose()
     assert document.data == expected.data
     assert document.data == (yaml.load(text, SafeLoader) if text else {})
-    assert document.marks == expected.marks
-    assert document.key_marks == expected.key_marks
+    for path in (*expected.marks, *document.marks):
+        assert document.mark(path) == expected.mark(path)
+    for path in (*expected.key_marks, *document.key_marks):
+        assert document.key_mark(path) == expected.key_mark(path)
+    assert document.marks.keys() == expected.marks.keys()
+    assert document.key_marks.keys() == expected.key_marks.keys()
     assert document.duplicate_keys == expected.duplicate_keys
