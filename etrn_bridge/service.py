@@ -315,8 +315,10 @@ class Service:
         return task
 
     async def _reload_off_loop(self, path: str | Path) -> bool:
-        # The parse tree and the state replaced are freed in a worker too: freed
+        # The parse tree and the policy replaced are freed in a thread too: freed
         # on the loop, a 10,000-entry policy would stop every session for 50 ms.
+        # (The old backend is let go of on the loop, as before: it may hold
+        # connections made there.)
         leftovers: list[Any] = []
         async with self._reload_lock:
             try:
@@ -325,7 +327,7 @@ class Service:
                 self.reload_failed(path, (str(problem) for problem in exc.problems))
                 reloaded = False
             else:
-                leftovers.append(self._state)
+                leftovers.append(self._state.policy)
                 self.reload(config, summary)
                 reloaded = True
         release_in_background(leftovers)
