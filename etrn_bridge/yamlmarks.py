@@ -51,6 +51,9 @@ class MarkedDocument:
     key_marks: dict[KeyPath, YamlMark] = field(default_factory=dict)
     duplicate_keys: list[tuple[KeyPath, Mark]] = field(default_factory=list)
     file: str = "<config>"
+    # The node graph, freed with the document rather than on return from
+    # load_marked: a reload frees both piece by piece, off the event loop.
+    nodes: yaml.Node | None = None
 
     def mark(self, path: KeyPath) -> Mark:
         """The mark of ``path``, or of its nearest ancestor that has one."""
@@ -83,6 +86,7 @@ def load_marked(text: str, file: str) -> MarkedDocument:
         node = loader.get_single_node()
         if node is not None:
             document.data = _build(loader, node, (), document)
+            document.nodes = node
     finally:
         loader.dispose()
     return document
