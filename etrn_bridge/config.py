@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
-from etrn_bridge import defaults
+from etrn_bridge import bulkschema, defaults
 from etrn_bridge.admission import ConnectionSettings
 from etrn_bridge.backends.base import BackendOptionError, create_backend
 from etrn_bridge.feeds.settings import MilterSettings, parse_milter
@@ -111,19 +110,22 @@ class Config:
     milter: MilterSettings | None = None  # the index feeds of `etrn-bridge milter`
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; raises :class:`ConfigError` listing every problem."""
+def load_config(path: str | Path, leftovers: list[Any] | None = None) -> Config:
+    """Read and validate a config file; raises :class:`ConfigError` listing every problem.
+
+    With ``leftovers``, the parse tree goes there instead of being freed on return
+    (a reload frees it with ``release.release_gradually``, off the event loop)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(Mark(str(file), 1, 1), (), f"cannot read: {exc}")]) from None
-    return parse_config(text, file)
+    return parse_config(text, file, leftovers)
 
 
-def parse_config(text: str, file: Path) -> Config:
+def parse_config(text: str, file: Path, leftovers: list[Any] | None = None) -> Config:
     with _collector_paused():
-        return _parse_config(text, file)
+        return _parse_config(text, file, [] if leftovers is None else leftovers)
 
 
 @contextmanager
@@ -144,13 +146,14 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _parse_config(text: str, file: Path) -> Config:
+def _parse_config(text: str, file: Path, leftovers: list[Any]) -> Config:
     try:
         document = load_marked(text, str(file))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = Mark(str(file), mark.line + 1, mark.column + 1) if mark else Mark(str(file), 1, 1)
         raise ConfigError([Problem(where, (), f"YAML syntax: {exc}")]) from None
+    leftovers.append(document)
     if not isinstance(document.data, dict):
         raise ConfigError([Problem(document.mark(()), (), "the file must be a mapping of keys")])
     problems = _schema_problems(document)
@@ -169,10 +172,13 @@ def _schema_problems(document: MarkedDocument) -> list[Problem]:
         Problem(mark, path, "duplicate key (the later value would silently win)")
         for path, mark in document.duplicate_keys
     ]
-    validator = jsonschema.Draft202012Validator(config_schema())
-    for error in validator.iter_errors(document.data):
+    for error in bulkschema.iter_errors(config_schema(), document.data):
         path = tuple(error.path)
-        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        if (
+            error.validator == "additionalProperties"
+            and isinstance(error.instance, dict)
+            and isinstance(error.schema, Mapping)
+        ):
             # Name each unknown key at its own line, not at the mapping that holds it.
             known = set(error.schema.get("properties", {}))
             for key in sorted(set(error.instance) - known):

@@ -31,12 +31,19 @@ from etrn_bridge.policy.model import (
     Policy,
     normalize_fingerprint,
 )
-from etrn_bridge.target import Target, TargetError, parse_domain, parse_target
+from etrn_bridge.target import (
+    Target,
+    TargetError,
+    parse_domain,
+    parse_plain_targets,
+    parse_target,
+)
 from etrn_bridge.yamlmarks import KeyPath, Mark
 
 SECTIONS = {"clients": True, "deny": False}  # section -> whether its entries allow
 CLIENT_MATCHERS = ("networks", "users", "tls_fingerprints", "rdns")
 TARGETS_FILE_COMMENT = "#"  # so queue targets ("#q") go inline in targets
+NO_HOSTNAMES = HostnamePatterns()  # shared by the many entries without rdns (immutable)
 
 _T = TypeVar("_T")
 
@@ -109,9 +116,9 @@ class _Compiler:
     def strings(
         self, raw: Mapping[str, Any], path: KeyPath, key: str, parse: Callable[[str], _T]
     ) -> list[_T]:
-        values = raw.get(key, [])
+        values = raw.get(key)
         parsed: list[_T] = []
-        if not isinstance(values, list):
+        if not values or not isinstance(values, list):
             return parsed
         for index, text in enumerate(values):
             if not isinstance(text, str):
@@ -126,19 +133,22 @@ class _Compiler:
     def targets_file(self, name: str, path: KeyPath) -> list[Target]:
         file = self.base_dir / name
         try:
-            lines = file.read_text(encoding="utf-8").splitlines()
+            content = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             self.problem(path, f"cannot read targets file {str(file)!r}: {exc}")
             return []
+        plain = parse_plain_targets(content)
+        if plain is not None:
+            return plain
         targets = []
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(content.splitlines(), start=1):
             text = line.split(TARGETS_FILE_COMMENT, 1)[0].strip()
             if not text:
                 continue
-            column = line.index(text) + 1
             try:
                 targets.append(parse_target(text))
             except TargetError as exc:
+                column = line.index(text) + 1
                 self.problem(path, f"{text!r}: {exc.reason}", Mark(str(file), number, column))
         return targets
 
@@ -156,7 +166,14 @@ def compile_policy(
 
 
 def _network(text: str) -> Network:
-    return ipaddress.ip_network(text, strict=True)
+    # The version is plain to see: skip ip_network's IPv4 attempt (an exception)
+    # for every IPv6 network; on any error, ip_network gives its usual message.
+    try:
+        if ":" in text:
+            return ipaddress.IPv6Network(text, strict=True)
+        return ipaddress.IPv4Network(text, strict=True)
+    except ValueError:
+        return ipaddress.ip_network(text, strict=True)
 
 
 def _rdns_pattern(text: str) -> str:
@@ -168,7 +185,9 @@ def _rdns_pattern(text: str) -> str:
     return text.rstrip(".").lower()
 
 
-def _hostname_patterns(patterns: Iterable[str]) -> HostnamePatterns:
+def _hostname_patterns(patterns: list[str]) -> HostnamePatterns:
+    if not patterns:
+        return NO_HOSTNAMES
     exact, zones = set(), set()
     for pattern in patterns:
         if pattern.startswith(WILDCARD_PREFIX):

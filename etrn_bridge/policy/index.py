@@ -40,15 +40,15 @@ class NetworkSet:
 
     def __init__(self, networks: Iterable[Network]) -> None:
         self.networks = tuple(networks)
-        self._v4 = self._buckets(n for n in self.networks if n.version == 4)
-        self._v6 = self._buckets(n for n in self.networks if n.version == 6)
+        by_version: dict[int, dict[int, set[int]]] = {4: defaultdict(set), 6: defaultdict(set)}
+        for network in self.networks:
+            shift = network.max_prefixlen - network.prefixlen
+            by_version[network.version][shift].add(int(network.network_address) >> shift)
+        self._v4 = self._buckets(by_version[4])
+        self._v6 = self._buckets(by_version[6])
 
     @staticmethod
-    def _buckets(networks: Iterable[Network]) -> tuple[tuple[int, frozenset[int]], ...]:
-        by_length: dict[int, set[int]] = defaultdict(set)
-        for network in networks:
-            shift = network.max_prefixlen - network.prefixlen
-            by_length[shift].add(int(network.network_address) >> shift)
+    def _buckets(by_length: dict[int, set[int]]) -> tuple[tuple[int, frozenset[int]], ...]:
         # Longest prefixes first: the most specific networks are the common case.
         return tuple((shift, frozenset(nums)) for shift, nums in sorted(by_length.items()))
 
