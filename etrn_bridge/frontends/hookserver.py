@@ -123,14 +123,19 @@ class HookConnection:
         argument: str,
         identity: Identity,
         frontend: str,
+        *,
+        cut_short: bool = False,
     ) -> Outcome:
-        """Hand one request to the service (which audits it) and return its Outcome."""
+        """Hand one request to the service (which audits it) and return its Outcome.
+
+        ``cut_short``: the MTA truncated the argument (refused like an over-long one)."""
         request = Request(
             identity=identity,
             argument=argument,
             session_id=self.session_id,
             frontend=frontend,
-            too_long=len(argument.encode("utf-8", "surrogateescape")) > self.server.argument_limit,
+            too_long=cut_short
+            or len(argument.encode("utf-8", "surrogateescape")) > self.server.argument_limit,
         )
         self.busy = True
         try:
