@@ -7,16 +7,16 @@ connection for many lookups.
 
 The key is five fields, each in angle brackets, built by the kit's ruleset:
 
-    <{client_addr}><{cert_fp}><{auth_authen}><$s (HELO)><argument>
+    <{client_addr}><{client_port}><{cert_fp}><{auth_authen}><argument>
 
 Sendmail tokenises each macro and joins the tokens back, so ``<``/``>`` never
-appear inside the first four fields: the address and the fingerprint are
-Sendmail's own text, ``{auth_authen}`` is xtext (RFC 3461 §4, ``<>")=`` and
-``+`` encoded) and a HELO holds only letters, digits and ``[].-_#:`` (unless
-``AllowBogusHELO``: a HELO with brackets makes the key unparseable, refused).
-The argument is last and whole (the map is declared ``-f``, so it keeps its
-case; ``@``/``#`` arrive as sent). Sendmail silently cuts a key at 1024 bytes
-(MAXKEY): a key not ending in ``>`` was cut in the argument, refused 501.
+appear inside the first four fields: the address, port and fingerprint are
+Sendmail's own text, ``{auth_authen}`` is xtext (savemail.c xtextify: ``+``,
+backslash, ``(``, ``<>")=`` and all but printable ASCII as ``+XX``). The argument
+is last and whole (the map is declared ``-f``, so it keeps its case; ``@``/``#``
+arrive as sent). Sendmail silently cuts a key at 1024 bytes (MAXKEY): a key
+not ending in ``>`` was cut in the argument, refused 501. Sendmail has no
+macro with the HELO name before MAIL (``$s`` is set there), so none is sent.
 
 The value is ``PASS``, ``DENY`` or ``FAIL`` and the bridge's reply in quotes
 (one token for the ruleset, so its spaces survive); the ruleset answers it
@@ -38,6 +38,9 @@ FRONTEND = "sendmail-socketmap"
 # most this many digits, its data at most MAX_REQUEST bytes.
 MAX_REQUEST = 8192
 MAX_LENGTH_DIGITS = len(str(MAX_REQUEST))
+# How the kit's ruleset writes the key (sendmail.mc.plugin.snippet); doctor looks for it.
+RULESET_KEY = "< $&{client_addr} > < $&{client_port} > < $&{cert_fp} > < $&{auth_authen} > < $1 >"
+MAX_PORT_DIGITS = 5
 IPV6_PREFIX = "ipv6:"  # Sendmail writes IPv6 client addresses as "IPv6:2001:db8::1"
 # The four identity fields of the key, then "<" and the argument.
 IDENTITY_FIELDS = re.compile(r"<([^<>]*)><([^<>]*)><([^<>]*)><([^<>]*)><", re.DOTALL)
@@ -71,8 +74,8 @@ def parse_key(key: str) -> tuple[str, Identity, bool]:
     """The argument, who asked, and whether Sendmail cut the key short (module doc)."""
     fields = IDENTITY_FIELDS.match(key)
     if fields is None:
-        raise RequestError("not a '<address><fingerprint><auth><helo><argument>' key")
-    address, fingerprint, auth, helo = fields.groups()
+        raise RequestError("not a '<address><port><fingerprint><auth><argument>' key")
+    address, port, fingerprint, auth = fields.groups()
     rest = key[fields.end() :]
     cut_short = not rest.endswith(ARGUMENT_END)
     argument = rest if cut_short else rest[: -len(ARGUMENT_END)]
@@ -80,7 +83,7 @@ def parse_key(key: str) -> tuple[str, Identity, bool]:
         address = address[len(IPV6_PREFIX) :]
     identity = Identity(
         address=address,
-        helo=helo or None,
+        port=int(port) if port.isdigit() and len(port) <= MAX_PORT_DIGITS else None,
         auth_user=xtext_decode(auth) or None,
         tls=bool(fingerprint),
         tls_fingerprint=fingerprint_from_hex(fingerprint),

@@ -260,19 +260,19 @@ def test_exim_overlong_argument_is_refused_and_audited(hooked: Bridge, tmp_path:
 def sendmail_key(
     argument: str,
     address: str = "127.0.0.1",
+    port: str = "40000",
     fingerprint: str = "",
     auth: str = "",
-    helo: str = "client.test",
 ) -> str:
     """The key the kit's check_etrn ruleset builds (sendmail/sendmail.mc.plugin.snippet)."""
-    return f"etrnpol <{address}><{fingerprint}><{auth}><{helo}><{argument}>"
+    return f"etrnpol <{address}><{port}><{fingerprint}><{auth}><{argument}>"
 
 
 def test_sendmail_lookups_on_a_persistent_connection(hooked: Bridge, tmp_path: Path) -> None:
     with connect(tmp_path / "sendmail.sock") as sock:
         sock.sendall(
             netstring(sendmail_key("customer.example"))
-            + netstring(sendmail_key("#customerq", address="IPv6:::1", helo=""))
+            + netstring(sendmail_key("#customerq", address="IPv6:::1", port=""))
             + netstring(sendmail_key("mycustomer.example"))
             + netstring(sendmail_key(""))
             + netstring("othermap " + sendmail_key("customer.example")[len("etrnpol ") :])
@@ -288,12 +288,12 @@ def test_sendmail_lookups_on_a_persistent_connection(hooked: Bridge, tmp_path: P
         'OK DENY "459 4.7.1 Node customer.example not allowed: not authorized"',
     ]
     records = hooked.etrn_records()
-    assert [(r["client_ip"], r["argument"], r["reply"], r["helo"]) for r in records] == [
-        ("127.0.0.1", "customer.example", 250, "client.test"),
-        ("::1", "#customerq", 250, None),
-        ("127.0.0.1", "mycustomer.example", 459, "client.test"),
-        ("127.0.0.1", "", 500, "client.test"),
-        ("", "customer.example", 459, "client.test"),
+    assert [(r["client_ip"], r["client_port"], r["argument"], r["reply"]) for r in records] == [
+        ("127.0.0.1", 40000, "customer.example", 250),
+        ("::1", None, "#customerq", 250),
+        ("127.0.0.1", 40000, "mycustomer.example", 459),
+        ("127.0.0.1", 40000, "", 500),
+        ("", 40000, "customer.example", 459),
     ]
     assert {r["frontend"] for r in records} == {"sendmail-socketmap"}
 
@@ -335,10 +335,12 @@ def test_sendmail_identity_fields(start_bridge: Callable[..., Bridge], tmp_path:
     "key",
     [
         "etrnpol 127.0.0.1/customer.example",  # the old "address/argument" key
-        "etrnpol <127.0.0.1><><><client.test>",  # four fields, no argument
-        "etrnpol <127.0.0.1><><><<bogus>><customer.example>",  # a HELO with brackets
-        "etrnpol <127.0.0.1><><alice+4><client.test><customer.example>",  # not xtext
-        "etrnpol <127.0.0.1><><alice+zz><client.test><customer.example>",
+        "etrnpol <127.0.0.1><1><><>",  # four fields, no argument
+        "etrnpol <127.0.0.1><><><customer.example>",  # a field missing
+        "etrnpol <127.0.0.1><1><><<bogus>><customer.example>",  # brackets in a field
+        "etrnpol <127.0.0.1><1><><alice+4><customer.example>",  # not xtext
+        "etrnpol <127.0.0.1><1><><alice+zz><customer.example>",
+        "etrnpol  <127.0.0.1><1><><><customer.example>",  # not the key's first byte
     ],
 )
 def test_sendmail_malformed_key_is_closed(hooked: Bridge, tmp_path: Path, key: str) -> None:
@@ -355,7 +357,7 @@ def test_sendmail_key_cut_short_is_refused(hooked: Bridge, tmp_path: Path) -> No
     """Sendmail cuts a key at 1024 bytes without a word: an argument without its
     closing '>' is refused 501 (and audited), never flushed as the shorter name."""
     with connect(tmp_path / "sendmail.sock") as sock:
-        sock.sendall(netstring("etrnpol <127.0.0.1><><><client.test><customer.example"))
+        sock.sendall(netstring("etrnpol <127.0.0.1><40000><><><customer.example"))
         [answer] = read_netstrings(sock, 1)
     assert answer == 'OK DENY "501 5.5.4 Syntax Error in Parameters"'
     [record] = hooked.etrn_records()
@@ -408,7 +410,7 @@ def test_oversized_request_is_closed(
     [
         ("postfix.sock", b"request=smtpd_access_policy\nprotocol_state=ETRN\n"),
         ("exim.sock", b"ETRN 127.0.0.1 1 - - - customer.exa"),
-        ("sendmail.sock", b"60:etrnpol <127.0.0.1><><><client.test><customer"),
+        ("sendmail.sock", b"60:etrnpol <127.0.0.1><40000><><><customer"),
     ],
 )
 def test_unfinished_request_times_out(
