@@ -37,8 +37,20 @@ log = logging.getLogger("etrn_bridge.hooks")
 _ETRN_OVERHEAD = len("ETRN ") + len("\r\n")
 
 
+# A TCP port has at most five decimal digits.
+MAX_PORT_DIGITS = 5
+
+
 class RequestError(Exception):
     """The bytes on a hook socket are not a request of its protocol (never reaches the service)."""
+
+
+def port_field(text: str) -> int | None:
+    """A client port as an MTA writes it; None for anything else (ASCII digits only:
+    str.isdigit() also takes "²", which int() refuses)."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_PORT_DIGITS:
+        return int(text)
+    return None
 
 
 class HookConnection:

@@ -29,7 +29,12 @@ from __future__ import annotations
 import re
 
 from etrn_bridge import replies
-from etrn_bridge.frontends.hookserver import HookConnection, HookProtocol, RequestError
+from etrn_bridge.frontends.hookserver import (
+    HookConnection,
+    HookProtocol,
+    RequestError,
+    port_field,
+)
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
 from etrn_bridge.request import Identity
 
@@ -40,7 +45,6 @@ MAX_REQUEST = 8192
 MAX_LENGTH_DIGITS = len(str(MAX_REQUEST))
 # How the kit's ruleset writes the key (sendmail.mc.plugin.snippet); doctor looks for it.
 RULESET_KEY = "< $&{client_addr} > < $&{client_port} > < $&{cert_fp} > < $&{auth_authen} > < $1 >"
-MAX_PORT_DIGITS = 5
 IPV6_PREFIX = "ipv6:"  # Sendmail writes IPv6 client addresses as "IPv6:2001:db8::1"
 # The four identity fields of the key, then "<" and the argument.
 IDENTITY_FIELDS = re.compile(r"<([^<>]*)><([^<>]*)><([^<>]*)><([^<>]*)><", re.DOTALL)
@@ -83,7 +87,7 @@ def parse_key(key: str) -> tuple[str, Identity, bool]:
         address = address[len(IPV6_PREFIX) :]
     identity = Identity(
         address=address,
-        port=int(port) if port.isdigit() and len(port) <= MAX_PORT_DIGITS else None,
+        port=port_field(port),
         auth_user=xtext_decode(auth) or None,
         tls=bool(fingerprint),
         tls_fingerprint=fingerprint_from_hex(fingerprint),

@@ -247,6 +247,16 @@ def test_exim_garbage_is_closed_unanswered(hooked: Bridge, tmp_path: Path, garba
     assert hooked.etrn_records() == []
 
 
+def test_exim_port_that_is_no_number(hooked: Bridge, tmp_path: Path) -> None:
+    """A port field of digits int() refuses ("²" is a digit to str.isdigit): no port,
+    the request goes on (it was an internal error, logged with a traceback)."""
+    answer = exim(tmp_path / "exim.sock", "ETRN 127.0.0.1 \u00b2 - - - customer.example\n".encode())
+    assert answer.startswith(b"OK 250 ")
+    [record] = hooked.etrn_records()
+    assert record["client_port"] is None
+    assert not [line for line in hooked.log_lines if "internal error" in line]
+
+
 def test_exim_overlong_argument_is_refused_and_audited(hooked: Bridge, tmp_path: Path) -> None:
     answer = exim(tmp_path / "exim.sock", b"ETRN 127.0.0.1 1 - - - " + b"a" * 2000 + b"\n")
     assert answer == b"DENY 459 4.5.4 Syntax Error in Parameters\n"

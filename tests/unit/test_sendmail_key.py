@@ -36,6 +36,7 @@ def test_empty_fields() -> None:
     [
         ("<123456>", None),  # no port has six digits
         ("<-1>", None),
+        ("<\u00b2>", None),  # "²": str.isdigit() says yes, int() refuses
         ("<25>", 25),
     ],
 )
