@@ -247,13 +247,17 @@ def test_exim_garbage_is_closed_unanswered(hooked: Bridge, tmp_path: Path, garba
     assert hooked.etrn_records() == []
 
 
-def test_exim_port_that_is_no_number(hooked: Bridge, tmp_path: Path) -> None:
-    """A port field of digits int() refuses ("²" is a digit to str.isdigit): no port,
-    the request goes on (it was an internal error, logged with a traceback)."""
+def test_port_that_is_no_number(hooked: Bridge, tmp_path: Path) -> None:
+    """Exim's and Postfix's port field in digits int() refuses ("²" is a digit to
+    str.isdigit): no port, the request goes on (it was an internal error, logged
+    with a traceback, and no answer)."""
     answer = exim(tmp_path / "exim.sock", "ETRN 127.0.0.1 \u00b2 - - - customer.example\n".encode())
     assert answer.startswith(b"OK 250 ")
-    [record] = hooked.etrn_records()
-    assert record["client_port"] is None
+    with connect(tmp_path / "postfix.sock") as sock:
+        request = POSTFIX_ETRN.format(domain="customer.example").replace("40000", "\u00b2")
+        sock.sendall(request.encode())
+        assert read_answers(sock, 1, b"\n\n") == [b"action=OK"]
+    assert [r["client_port"] for r in hooked.etrn_records()] == [None, None]
     assert not [line for line in hooked.log_lines if "internal error" in line]
 
 
