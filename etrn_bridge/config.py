@@ -250,9 +250,10 @@ def _check_matchers_can_match(
     data: dict[str, Any], problem: Callable[[KeyPath, str], None]
 ) -> None:
     """A ``users`` matcher without AUTH, or ``tls_fingerprints`` without client
-    certificates, can never match: the entry would silently never apply."""
+    certificates, can never match: the entry would silently never apply. Every MTA
+    hook passes the AUTH identity and certificate fingerprint the MTA saw."""
     policy = data.get("policy")
-    if not isinstance(policy, dict):
+    if not isinstance(policy, dict) or data.get("hooks"):
         return
     tls = data.get("tls")
     missing = {

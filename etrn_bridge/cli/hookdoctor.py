@@ -14,6 +14,7 @@ from etrn_bridge.backends.mta import Finding, Level, MtaBackend, list_items, set
 from etrn_bridge.backends.postfix import PostfixBackend, fast_flush_eligible
 from etrn_bridge.backends.sendmail import SendmailBackend
 from etrn_bridge.config import Config
+from etrn_bridge.frontends.sendmail_socketmap import RULESET_KEY
 from etrn_bridge.hookconfig import HookEndpoint, HookSettings
 from etrn_bridge.target import TargetKind
 
@@ -212,5 +213,22 @@ def _sendmail(hook: HookSettings, backend: SendmailBackend) -> list[Finding]:
     if "Scheck_etrn" not in lines:
         findings.append(
             Finding(Level.FIX, f"{path} has no check_etrn ruleset: Sendmail's own ETRN runs")
+        )
+    elif not any(f"$({hook.map} {RULESET_KEY} $:" in line for line in lines):
+        findings.append(
+            Finding(
+                Level.FIX,
+                f"check_etrn does not look up {hook.map} with the kit's key "
+                f"'{RULESET_KEY}': the bridge refuses every ETRN "
+                "(sendmail/sendmail.mc.plugin.snippet)",
+            )
+        )
+    if "O CertFingerprintAlgorithm=sha256" not in lines:
+        findings.append(
+            Finding(
+                Level.ADVICE,
+                "CertFingerprintAlgorithm is not sha256: {cert_fp} stays empty and "
+                "tls_fingerprints never match through Sendmail",
+            )
         )
     return findings

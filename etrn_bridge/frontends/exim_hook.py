@@ -20,7 +20,12 @@ import base64
 import binascii
 
 from etrn_bridge import replies
-from etrn_bridge.frontends.hookserver import HookConnection, HookProtocol, RequestError
+from etrn_bridge.frontends.hookserver import (
+    HookConnection,
+    HookProtocol,
+    RequestError,
+    port_field,
+)
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
 from etrn_bridge.request import Identity
 
@@ -63,7 +68,7 @@ def parse_request(line: bytes) -> tuple[str, Identity]:
     _, address, port, helo, auth, fingerprint, argument = fields
     identity = Identity(
         address=address,
-        port=int(port) if port.isdigit() and len(port) <= 5 else None,
+        port=port_field(port),
         helo=_base64_field(helo),
         auth_user=_base64_field(auth),
         tls=fingerprint != EMPTY,

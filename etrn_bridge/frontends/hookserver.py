@@ -37,8 +37,20 @@ log = logging.getLogger("etrn_bridge.hooks")
 _ETRN_OVERHEAD = len("ETRN ") + len("\r\n")
 
 
+# A TCP port has at most five decimal digits.
+MAX_PORT_DIGITS = 5
+
+
 class RequestError(Exception):
     """The bytes on a hook socket are not a request of its protocol (never reaches the service)."""
+
+
+def port_field(text: str) -> int | None:
+    """A client port as an MTA writes it; None for anything else (ASCII digits only:
+    str.isdigit() also takes "²", which int() refuses)."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_PORT_DIGITS:
+        return int(text)
+    return None
 
 
 class HookConnection:
@@ -123,14 +135,19 @@ class HookConnection:
         argument: str,
         identity: Identity,
         frontend: str,
+        *,
+        cut_short: bool = False,
     ) -> Outcome:
-        """Hand one request to the service (which audits it) and return its Outcome."""
+        """Hand one request to the service (which audits it) and return its Outcome.
+
+        ``cut_short``: the MTA truncated the argument (refused like an over-long one)."""
         request = Request(
             identity=identity,
             argument=argument,
             session_id=self.session_id,
             frontend=frontend,
-            too_long=len(argument.encode("utf-8", "surrogateescape")) > self.server.argument_limit,
+            too_long=cut_short
+            or len(argument.encode("utf-8", "surrogateescape")) > self.server.argument_limit,
         )
         self.busy = True
         try:

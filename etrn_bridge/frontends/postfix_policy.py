@@ -14,7 +14,12 @@ its own flush and ``250 Queuing started``; a numeric action is its reply, with
 from __future__ import annotations
 
 from etrn_bridge import replies
-from etrn_bridge.frontends.hookserver import HookConnection, HookProtocol, RequestError
+from etrn_bridge.frontends.hookserver import (
+    HookConnection,
+    HookProtocol,
+    RequestError,
+    port_field,
+)
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
 from etrn_bridge.request import Identity
 
@@ -72,7 +77,7 @@ def identity_of(attributes: dict[str, str]) -> Identity:
     port = attributes.get("client_port", "")
     return Identity(
         address=attributes.get("client_address", ""),
-        port=int(port) if port.isdigit() and len(port) <= 5 else None,
+        port=port_field(port),
         helo=attributes.get("helo_name") or None,
         auth_user=attributes.get("sasl_username") or None,
         tls=bool(attributes.get("encryption_protocol")),

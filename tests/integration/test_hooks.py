@@ -247,6 +247,20 @@ def test_exim_garbage_is_closed_unanswered(hooked: Bridge, tmp_path: Path, garba
     assert hooked.etrn_records() == []
 
 
+def test_port_that_is_no_number(hooked: Bridge, tmp_path: Path) -> None:
+    """Exim's and Postfix's port field in digits int() refuses ("²" is a digit to
+    str.isdigit): no port, the request goes on (it was an internal error, logged
+    with a traceback, and no answer)."""
+    answer = exim(tmp_path / "exim.sock", "ETRN 127.0.0.1 \u00b2 - - - customer.example\n".encode())
+    assert answer.startswith(b"OK 250 ")
+    with connect(tmp_path / "postfix.sock") as sock:
+        request = POSTFIX_ETRN.format(domain="customer.example").replace("40000", "\u00b2")
+        sock.sendall(request.encode())
+        assert read_answers(sock, 1, b"\n\n") == [b"action=OK"]
+    assert [r["client_port"] for r in hooked.etrn_records()] == [None, None]
+    assert not [line for line in hooked.log_lines if "internal error" in line]
+
+
 def test_exim_overlong_argument_is_refused_and_audited(hooked: Bridge, tmp_path: Path) -> None:
     answer = exim(tmp_path / "exim.sock", b"ETRN 127.0.0.1 1 - - - " + b"a" * 2000 + b"\n")
     assert answer == b"DENY 459 4.5.4 Syntax Error in Parameters\n"
@@ -257,15 +271,26 @@ def test_exim_overlong_argument_is_refused_and_audited(hooked: Bridge, tmp_path:
 # Sendmail socketmap -------------------------------------------------------------------
 
 
+def sendmail_key(
+    argument: str,
+    address: str = "127.0.0.1",
+    port: str = "40000",
+    fingerprint: str = "",
+    auth: str = "",
+) -> str:
+    """The key the kit's check_etrn ruleset builds (sendmail/sendmail.mc.plugin.snippet)."""
+    return f"etrnpol <{address}><{port}><{fingerprint}><{auth}><{argument}>"
+
+
 def test_sendmail_lookups_on_a_persistent_connection(hooked: Bridge, tmp_path: Path) -> None:
     with connect(tmp_path / "sendmail.sock") as sock:
         sock.sendall(
-            netstring("etrnpol 127.0.0.1/customer.example")
-            + netstring("etrnpol IPv6:::1/#customerq")
-            + netstring("etrnpol 127.0.0.1/mycustomer.example")
-            + netstring("etrnpol 127.0.0.1/")
-            + netstring("othermap 127.0.0.1/customer.example")
-            + netstring("etrnpol customer.example")  # no address: denied
+            netstring(sendmail_key("customer.example"))
+            + netstring(sendmail_key("#customerq", address="IPv6:::1", port=""))
+            + netstring(sendmail_key("mycustomer.example"))
+            + netstring(sendmail_key(""))
+            + netstring("othermap " + sendmail_key("customer.example")[len("etrnpol ") :])
+            + netstring(sendmail_key("customer.example", address=""))  # no address: denied
         )
         answers = read_netstrings(sock, 6)
     assert answers == [
@@ -277,14 +302,80 @@ def test_sendmail_lookups_on_a_persistent_connection(hooked: Bridge, tmp_path: P
         'OK DENY "459 4.7.1 Node customer.example not allowed: not authorized"',
     ]
     records = hooked.etrn_records()
-    assert [(r["client_ip"], r["argument"], r["reply"]) for r in records] == [
-        ("127.0.0.1", "customer.example", 250),
-        ("::1", "#customerq", 250),
-        ("127.0.0.1", "mycustomer.example", 459),
-        ("127.0.0.1", "", 500),
-        ("", "customer.example", 459),
+    assert [(r["client_ip"], r["client_port"], r["argument"], r["reply"]) for r in records] == [
+        ("127.0.0.1", 40000, "customer.example", 250),
+        ("::1", None, "#customerq", 250),
+        ("127.0.0.1", 40000, "mycustomer.example", 459),
+        ("127.0.0.1", 40000, "", 500),
+        ("", 40000, "customer.example", 459),
     ]
     assert {r["frontend"] for r in records} == {"sendmail-socketmap"}
+
+
+def test_sendmail_identity_fields(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
+    """AUTH identity (xtext, as Sendmail's {auth_authen}) and certificate fingerprint
+    ({cert_fp}: upper-case hex, colons) reach the policy: only the entry's user with
+    its certificate may flush; the same request without either is refused."""
+    fingerprint = ":".join(["AB"] * 32)
+    entry = {
+        "id": "alice",
+        "users": ["alice+x@example.test"],
+        "tls_fingerprints": ["sha256:" + fingerprint],
+        "targets": ["alice.example"],
+    }
+    bridge = start_bridge({**hooks_config(tmp_path), "policy": {"clients": [entry]}})
+    other = ":".join(["CD"] * 32)
+    alice = "alice+2Bx@example.test"
+    with connect(tmp_path / "sendmail.sock") as sock:
+        sock.sendall(
+            netstring(sendmail_key("alice.example", fingerprint=fingerprint, auth=alice))
+            + netstring(sendmail_key("alice.example", fingerprint=fingerprint, auth="bob"))
+            + netstring(sendmail_key("alice.example", auth=alice))
+            + netstring(sendmail_key("alice.example", fingerprint=other, auth=alice))
+        )
+        answers = read_netstrings(sock, 4)
+    assert [answer.split('"')[1][:3] for answer in answers] == ["250", "459", "459", "459"]
+    records = bridge.etrn_records()
+    assert [(r["auth_user"], r["tls"]) for r in records] == [
+        ("alice+x@example.test", True),
+        ("bob", True),
+        ("alice+x@example.test", False),
+        ("alice+x@example.test", True),
+    ]
+    assert records[0]["rule"] == "alice"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "etrnpol 127.0.0.1/customer.example",  # the old "address/argument" key
+        "etrnpol <127.0.0.1><1><><>",  # four fields, no argument
+        "etrnpol <127.0.0.1><><><customer.example>",  # a field missing
+        "etrnpol <127.0.0.1><1><><<bogus>><customer.example>",  # brackets in a field
+        "etrnpol <127.0.0.1><1><><alice+4><customer.example>",  # not xtext
+        "etrnpol <127.0.0.1><1><><alice+zz><customer.example>",
+        "etrnpol  <127.0.0.1><1><><><customer.example>",  # not the key's first byte
+    ],
+)
+def test_sendmail_malformed_key_is_closed(hooked: Bridge, tmp_path: Path, key: str) -> None:
+    """A key the kit's ruleset cannot build: closed (Sendmail's TEMP, the ruleset's 458),
+    never allowed; nothing reached the service."""
+    with connect(tmp_path / "sendmail.sock") as sock:
+        sock.sendall(netstring(key))
+        assert read_until_closed(sock) == b""
+    assert hooked.etrn_records() == []
+    assert_still_serving(hooked, tmp_path)
+
+
+def test_sendmail_key_cut_short_is_refused(hooked: Bridge, tmp_path: Path) -> None:
+    """Sendmail cuts a key at 1024 bytes without a word: an argument without its
+    closing '>' is refused 501 (and audited), never flushed as the shorter name."""
+    with connect(tmp_path / "sendmail.sock") as sock:
+        sock.sendall(netstring("etrnpol <127.0.0.1><40000><><><customer.example"))
+        [answer] = read_netstrings(sock, 1)
+    assert answer == 'OK DENY "501 5.5.4 Syntax Error in Parameters"'
+    [record] = hooked.etrn_records()
+    assert (record["argument"], record["reply"]) == ("customer.example", 501)
 
 
 @pytest.mark.parametrize(
@@ -333,7 +424,7 @@ def test_oversized_request_is_closed(
     [
         ("postfix.sock", b"request=smtpd_access_policy\nprotocol_state=ETRN\n"),
         ("exim.sock", b"ETRN 127.0.0.1 1 - - - customer.exa"),
-        ("sendmail.sock", b"40:etrnpol 127.0.0.1/customer"),
+        ("sendmail.sock", b"60:etrnpol <127.0.0.1><40000><><><customer"),
     ],
 )
 def test_unfinished_request_times_out(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,9 +47,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def lab() -> Iterator[dict[str, LabMta]]:
     """All three MTAs running, configured from the kits; stopped at the end."""
     all_sh = ["bash", str(LAB_DIR / "all.sh")]
-    subprocess.run([*all_sh, "stop"], capture_output=True, check=False)
-    subprocess.run([*all_sh, "configure"], capture_output=True, check=True)
-    subprocess.run([*all_sh, "start"], capture_output=True, check=True)
+    # the scripts' Python is ours: its trustme makes the lab's TLS certificates
+    env = {**os.environ, "PYTHON": sys.executable}
+    subprocess.run([*all_sh, "stop"], capture_output=True, check=False, env=env)
+    subprocess.run([*all_sh, "configure"], capture_output=True, check=True, env=env)
+    subprocess.run([*all_sh, "start"], capture_output=True, check=True, env=env)
     mtas = {name: LabMta.from_env(name) for name in MTAS}
     yield mtas
     for mta in mtas.values():

@@ -9,6 +9,7 @@ import email.policy
 import os
 import smtplib
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -21,10 +22,14 @@ from etrn_bridge.backends.exim import EximBackend, parse_exim_bp
 from etrn_bridge.backends.mta import MtaBackend
 from etrn_bridge.backends.postfix import PostfixBackend, parse_postqueue_json
 from etrn_bridge.backends.sendmail import SendmailBackend, parse_sendmail_bp
+from etrn_bridge.frontends.tlsinfo import fingerprint
 
 LAB_DIR = Path(__file__).parent / "lab"
 KIT_ROOT = Path(__file__).parents[2]
 MTA_LAB = Path(os.environ.get("ETRN_BRIDGE_MTA_LAB", "/opt/mta-lab"))
+# lab/certs.py: the lab CA, and client certificates (key and certificate in one
+# file) from it (client.pem) and from another CA (stranger.pem)
+LAB_TLS = MTA_LAB / "tls"
 MTAS = ("postfix", "exim", "sendmail")
 
 # The mail every scenario queues: one message per recipient. Only the first two
@@ -246,6 +251,13 @@ def body_of(data: bytes) -> bytes:
 
 def run(argv: list[str]) -> bytes:
     return subprocess.run(argv, capture_output=True, check=True).stdout
+
+
+def certificate_fingerprint(pem_file: Path) -> str:
+    """The policy's "sha256:AB:..." of the certificate in a PEM file (after its key)."""
+    pem = pem_file.read_text()
+    begin = pem.index("-----BEGIN CERTIFICATE-----")
+    return fingerprint(ssl.PEM_cert_to_DER_cert(pem[begin:]))
 
 
 def lab_env(name: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ import os
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +23,17 @@ from typing import Any
 
 import pytest
 from bridgekit import Bridge, launch_bridge, write_config
-from mtalab import NAMED_QUEUE, NODE, QUEUED, RECIPIENTS, SUBTREE, LabMta, lab_env
+from mtalab import (
+    LAB_TLS,
+    NAMED_QUEUE,
+    NODE,
+    QUEUED,
+    RECIPIENTS,
+    SUBTREE,
+    LabMta,
+    certificate_fingerprint,
+    lab_env,
+)
 
 # config key of the hook and the group the MTA's process is in
 HOOKS = {
@@ -68,7 +79,9 @@ class Hooked:
         self.bridge: Bridge | None = None
         self.client_port = 0  # of the last etrn()
 
-    def start_bridge(self) -> Bridge:
+    def start_bridge(self, clients: list[dict[str, Any]] | None = None) -> Bridge:
+        """The bridge with this MTA's hook; ``clients``: the policy (default: the lab's
+        loopback may flush ALLOWED)."""
         hook, group = HOOKS[self.mta.name]
         config: dict[str, Any] = {
             # postfix/README.md "Plugin mode": Postfix flushes the site itself after OK
@@ -76,7 +89,10 @@ class Hooked:
             if self.mta.name == "postfix"
             else self.mta.backend_options,
             "hooks": {hook: {"listen": f"unix:{self.socket}", "group": group}},
-            "policy": {"clients": [{"id": "lab", "networks": ["127.0.0.0/8"], "targets": ALLOWED}]},
+            "policy": {
+                "clients": clients
+                or [{"id": "lab", "networks": ["127.0.0.0/8"], "targets": ALLOWED}]
+            },
         }
         self.bridge = launch_bridge(self.directory, config)
         return self.bridge
@@ -86,8 +102,13 @@ class Hooked:
             self.bridge.stop()
             self.bridge = None
 
-    def etrn(self, argument: str, source: str = "127.0.0.1") -> tuple[int, str]:
-        """smtplib to the MTA's plugin-mode port: EHLO, ETRN, QUIT."""
+    def etrn(
+        self,
+        argument: str,
+        source: str = "127.0.0.1",
+        login: tuple[str, str] | None = None,
+    ) -> tuple[int, str]:
+        """smtplib to the MTA's plugin-mode port: EHLO, [AUTH,] ETRN, QUIT."""
         with smtplib.SMTP(
             "127.0.0.1",
             self.port,
@@ -98,7 +119,20 @@ class Hooked:
             smtp.ehlo()
             assert smtp.sock is not None
             self.client_port = smtp.sock.getsockname()[1]
+            if login is not None:
+                smtp.login(*login)
             code, text = smtp.docmd("ETRN", argument)
+        return code, text.decode()
+
+    def etrn_over_tls(self, client_certificate: str | None) -> tuple[int, str]:
+        """EHLO, STARTTLS (with a certificate of LAB_TLS, or none), EHLO, ETRN customer.test."""
+        context = ssl.create_default_context(cafile=str(LAB_TLS / "ca.pem"))
+        if client_certificate is not None:
+            context.load_cert_chain(str(LAB_TLS / client_certificate))
+        with smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=60) as smtp:
+            smtp.starttls(context=context)  # the lab's MTA certificate is for 127.0.0.1
+            smtp.ehlo()
+            code, text = smtp.docmd("ETRN", "customer.test")
         return code, text.decode()
 
     def records(self) -> list[dict[str, Any]]:
@@ -138,9 +172,9 @@ def test_smtplib_etrn_flushes_exactly(hooked: Hooked) -> None:
     [record] = hooked.records()
     assert record["frontend"] == FRONTENDS[hooked.mta.name]
     assert (record["target"], record["reply"], record["pending"]) == ("customer.test", 253, 2)
-    assert record["client_ip"] == CLIENT_ADDRESS
-    if hooked.mta.name != "sendmail":  # the socketmap key carries the address only
-        assert (record["helo"], record["client_port"]) == ("client.test", hooked.client_port)
+    assert (record["client_ip"], record["client_port"]) == (CLIENT_ADDRESS, hooked.client_port)
+    # Sendmail has no HELO macro before MAIL (sendmail/README.md)
+    assert record["helo"] == (None if hooked.mta.name == "sendmail" else "client.test")
 
 
 def test_perl_net_smtp_etrn(hooked: Hooked) -> None:
@@ -374,3 +408,62 @@ def test_named_queue(hooked: Hooked) -> None:
         assert set(mta.wait_received({QUEUED})) == {QUEUED}
         assert record["target"] == "#" + NAMED_QUEUE
     assert mta.queued_recipients() == set(RECIPIENTS)
+
+
+@pytest.mark.parametrize("name", ["exim", "sendmail"])
+def test_client_certificate_fingerprint_decides(
+    lab: dict[str, LabMta], tmp_path: Path, name: str
+) -> None:
+    """STARTTLS with a client certificate on the MTA's port: the kit passes its
+    SHA-256 fingerprint, and an entry's tls_fingerprints lets exactly that
+    certificate flush. Another CA's certificate (the MTA asks for one, does not
+    require it) and no certificate: 459."""
+    mta = lab[name]
+    mta.reset()
+    mta.inject(tuple(sorted(NODE)))
+    plugged = Hooked(mta, tmp_path)
+    allowed = certificate_fingerprint(LAB_TLS / "client.pem")
+    plugged.start_bridge(
+        [{"id": "cert", "tls_fingerprints": [allowed], "targets": ["customer.test"]}]
+    )
+    try:
+        refused = [plugged.etrn_over_tls(cert) for cert in ("stranger.pem", None)]
+        assert mta.wait_received(set(), timeout=NOTHING_MOVES) == {}
+        allowed_reply = plugged.etrn_over_tls("client.pem")
+        assert set(mta.wait_received(NODE)) == NODE
+        records = plugged.records()
+    finally:
+        plugged.stop_bridge()
+    assert [code for code, _ in refused] == [459, 459]
+    assert allowed_reply == (253, "2.0.0 OK, 2 pending messages for node customer.test started")
+    assert [(r["tls_fingerprint"], r["rule"], r["reply"]) for r in records] == [
+        (certificate_fingerprint(LAB_TLS / "stranger.pem"), None, 459),
+        (None, None, 459),
+        (allowed, "cert", 253),
+    ]
+
+
+@pytest.mark.parametrize("name", ["exim", "sendmail"])
+def test_auth_identity_decides(lab: dict[str, LabMta], tmp_path: Path, name: str) -> None:
+    """AUTH PLAIN on the MTA's port as the lab's account "cust+etrn" (Sendmail's
+    {auth_authen} carries it as xtext "cust+2Betrn", Exim's ACL as base64): an
+    entry's users lets exactly that identity flush; without AUTH, 459."""
+    mta = lab[name]
+    mta.reset()
+    mta.inject()
+    env = lab_env(name)
+    user, password = env[f"{name.upper()}_AUTH_USER"], env[f"{name.upper()}_AUTH_PASSWORD"]
+    plugged = Hooked(mta, tmp_path)
+    plugged.start_bridge([{"id": "auth", "users": [user], "targets": ["customer.test"]}])
+    try:
+        unauthenticated = plugged.etrn("customer.test")
+        assert mta.wait_received(set(), timeout=NOTHING_MOVES) == {}
+        authenticated = plugged.etrn("customer.test", login=(user, password))
+        assert_exact_node_flush(plugged)
+        records = plugged.records()
+    finally:
+        plugged.stop_bridge()
+    assert unauthenticated[0] == 459, unauthenticated
+    assert authenticated == (253, "2.0.0 OK, 2 pending messages for node customer.test started")
+    assert [(r["auth_user"], r["rule"]) for r in records] == [(None, None), (user, "auth")]
+    assert records[1]["client_port"] == plugged.client_port

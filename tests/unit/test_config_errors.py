@@ -219,3 +219,18 @@ def test_fingerprints_are_normalised_at_load(tmp_path: Path) -> None:
     )
     (fingerprint,) = load_config(config).policy.allow[0].tls_fingerprints
     assert fingerprint == "sha256:" + ":".join(["AB"] * 32)
+
+
+def test_users_and_fingerprints_can_match_through_a_hook(tmp_path: Path) -> None:
+    """The MTA does AUTH and TLS in plugin mode and passes what it saw: no 'auth' or
+    'tls.client_ca' of the bridge's own is needed for these matchers."""
+    config = tmp_path / "etrn.yaml"
+    config.write_text(
+        "hooks: {sendmail: {listen: 'unix:/run/etrn-bridge/sendmail.sock'}}\n"
+        + VALID_ENTRY.replace(
+            "      networks",
+            "      users: [acme]\n      tls_fingerprints: ['" + "AB" * 32 + "']\n      networks",
+        )
+    )
+    [entry] = load_config(config).policy.allow
+    assert entry.users == frozenset({"acme"})

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from etrn_bridge.backends.mta import Level
+from etrn_bridge.backends.base import create_backend
+from etrn_bridge.backends.mta import Level, MtaBackend
 from etrn_bridge.cli.check import summary
-from etrn_bridge.cli.hookdoctor import fast_flush_finding
+from etrn_bridge.cli.hookdoctor import check_hooks, fast_flush_finding
 from etrn_bridge.config import Config, ConfigError, load_config
+from etrn_bridge.frontends.sendmail_socketmap import RULESET_KEY
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
 from etrn_bridge.hookconfig import HookEndpoint
 
@@ -130,3 +133,47 @@ def test_check_summary_names_the_hooks(tmp_path: Path) -> None:
     lines = summary(config).splitlines()
     assert "  listen:   none" in lines
     assert "  hooks:    exim-acl on unix:/run/etrn-bridge/exim.sock" in lines
+
+
+KIT = Path(__file__).parents[2] / "sendmail" / "sendmail.mc.plugin.snippet"
+
+
+def kit_cf_lines() -> list[str]:
+    """What m4 copies of the kit's snippet into sendmail.cf: its K, S and R lines
+    verbatim, and the option its define() sets."""
+    copied = [line for line in KIT.read_text().splitlines() if line[:1] in ("K", "S", "R")]
+    return [*copied, "O CertFingerprintAlgorithm=sha256"]
+
+
+def sendmail_doctor(tmp_path: Path, cf_lines: list[str]) -> list[tuple[Level, str]]:
+    cf = tmp_path / "sendmail.cf"
+    cf.write_text("\n".join(cf_lines) + "\n")
+    config = load(
+        tmp_path,
+        f"backend: {{type: sendmail, args: [-C, '{cf}']}}\n"
+        "hooks: {sendmail: {listen: 'unix:/run/etrn-bridge/sendmail.sock'}}",
+    )
+    backend = create_backend(config.backend)
+    assert isinstance(backend, MtaBackend)
+    return [(f.level, f.text) for f in asyncio.run(check_hooks(config, backend))]
+
+
+def test_doctor_sendmail_kit_is_ready(tmp_path: Path) -> None:
+    """The kit's own lines pass: map, key and fingerprint algorithm are what the
+    socketmap front end parses (a key changed on one side only fails here)."""
+    findings = sendmail_doctor(tmp_path, kit_cf_lines())
+    assert [level for level, _ in findings] == [Level.OK], findings
+
+
+def test_doctor_sendmail_old_key_and_md5(tmp_path: Path) -> None:
+    """A check_etrn built for another key (the earlier "address/argument") and no
+    SHA-256 fingerprints: a FIX and an ADVICE saying what to change."""
+    lines = [
+        line.replace(RULESET_KEY, "$&{client_addr} / $1")
+        for line in kit_cf_lines()
+        if not line.startswith("O CertFingerprintAlgorithm")
+    ]
+    findings = sendmail_doctor(tmp_path, lines)
+    assert [level for level, _ in findings] == [Level.OK, Level.FIX, Level.ADVICE], findings
+    assert "the bridge refuses every ETRN" in findings[1][1]
+    assert "tls_fingerprints never match" in findings[2][1]
