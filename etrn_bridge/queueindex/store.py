@@ -111,22 +111,41 @@ class QueueIndex:
     # -- connection ------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        # Opening meets SQLITE_BUSY without the busy handler when another process
+        # closes its last connection at that moment (checkpoint on close; seen as
+        # "database is locked" at PRAGMA journal_mode with two writers starting):
+        # retried here within the same busy timeout.
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(
             self.path,
             timeout=self._busy_timeout_ms / 1000,
             isolation_level=None,  # explicit BEGIN/COMMIT below
             check_same_thread=False,  # shared under self._lock
         )
-        db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        db.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL: a power cut may lose the last transactions, never corrupt
-        # the file; the next reconciliation restores what was lost.
-        db.execute("PRAGMA synchronous = NORMAL")
-        if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            # IF NOT EXISTS throughout: two processes creating the file at once both succeed.
-            db.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: a power cut may lose the last transactions, never corrupt
+            # the file; the next reconciliation restores what was lost.
+            db.execute("PRAGMA synchronous = NORMAL")
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                # IF NOT EXISTS throughout: two processes creating the file at once both succeed.
+                db.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
+        except BaseException:
+            db.close()
+            raise
         return db
 
     @contextmanager
