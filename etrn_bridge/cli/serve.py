@@ -1,4 +1,4 @@
-"""``etrn-bridge serve``: run the ETRN listener until SIGTERM/SIGINT.
+"""``etrn-bridge serve``: run the ETRN listener and the MTA hooks until SIGTERM/SIGINT.
 
 Order matters, as in Postfix: read everything that may need root (config,
 TLS key, password file, audit file) and bind the ports, then drop to the
@@ -55,7 +55,9 @@ log = logging.getLogger("etrn_bridge.serve")
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "serve", help="run the ETRN listener", description="Run the ETRN listener."
+        "serve",
+        help="run the ETRN listener and the MTA hooks",
+        description="Run the ETRN listener and the MTA hooks the config names.",
     )
     add_config_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every SMTP line")
