@@ -250,7 +250,7 @@ def row(label: str, run: Run, native: Run | None) -> None:
     errors = f"  errors {len(run.errors)}" + (f" (first: {run.errors[0]})" if run.errors else "")
     added = ""
     if native:
-        added = f" (+{run.p(0.5) - native.p(0.5):.1f}/+{run.p(0.99) - native.p(0.99):.1f})"
+        added = f" ({run.p(0.5) - native.p(0.5):+.1f}/{run.p(0.99) - native.p(0.99):+.1f})"
     print(
         f"  {label:<22} {run.rate:7.1f}/s {ratio}"
         f"  ETRN p50/p99 {run.p(0.5):6.1f}/{run.p(0.99):6.1f} ms{added}"
