@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -21,24 +22,29 @@ def start_detached(work: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], async
     """Run ``work`` in a task of its own: the task, and a future that gets its result.
 
     Cancelling the future (its awaiter was cancelled) leaves the task running,
-    as with shield. When the task is cancelled or fails, the future is too, so
-    whoever awaits it never hangs.
+    as with shield. When the task is cancelled (even before it ran) or fails,
+    the future is too, so whoever awaits it never hangs.
     """
     loop = asyncio.get_running_loop()
     handed: asyncio.Future[T] = loop.create_future()
-    return loop.create_task(_handing_over(work, handed)), handed
+    task = loop.create_task(_handing_over(work, handed))
+    task.add_done_callback(partial(_hand_over_failure, handed, work))
+    return task, handed
 
 
 async def _handing_over(work: Coroutine[Any, Any, T], handed: asyncio.Future[T]) -> T:
-    try:
-        result = await work
-    except asyncio.CancelledError:
-        handed.cancel()
-        raise
-    except BaseException as exc:
-        if not handed.done():
-            handed.set_exception(exc)
-        raise
+    result = await work
     if not handed.done():  # done: cancelled by its awaiter, who is gone
         handed.set_result(result)
     return result
+
+
+def _hand_over_failure(
+    handed: asyncio.Future[T], work: Coroutine[Any, Any, T], task: asyncio.Task[T]
+) -> None:
+    if task.cancelled():
+        work.close()  # cancelled before it ran: never started, not "never awaited"
+        if not handed.done():
+            handed.cancel()
+    elif (error := task.exception()) is not None and not handed.done():
+        handed.set_exception(error)

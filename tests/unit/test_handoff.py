@@ -72,3 +72,14 @@ async def test_work_that_fails_hands_its_error_over() -> None:
         await handed
     with pytest.raises(LookupError):
         await task
+
+
+async def test_work_cancelled_before_it_ran_does_not_leave_its_awaiter_waiting() -> None:
+    async def work() -> str:
+        return "never"
+
+    task, handed = start_detached(work())
+    task.cancel()  # e.g. a drain that cuts a request just handed over
+    with pytest.raises(asyncio.CancelledError):  # not TimeoutError: it was never set
+        async with asyncio.timeout(5):
+            await handed
