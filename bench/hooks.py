@@ -261,19 +261,32 @@ def row(label: str, run: Run, native: Run | None) -> None:
 
 
 def summary(name: str, rounds: list[dict[str, Run]]) -> None:
+    """Medians over the rounds; a run with errors (say, Sendmail refusing
+    connections above its RefuseLA load average) leaves its round out."""
     natives = [runs.pop("native ETRN") for runs in rounds]
     print(f"{name}, {len(rounds)} rounds (median, range):")
     print(f"  {'native ETRN':<22} {spread([run.rate for run in natives], '/s', '.0f')}")
     for label in rounds[0]:
-        pairs = [(runs[label], native) for runs, native in zip(rounds, natives, strict=True)]
+        pairs = [
+            (runs[label], native)
+            for runs, native in zip(rounds, natives, strict=True)
+            if not runs[label].errors and not native.errors
+        ]
+        if not pairs:
+            print(f"  {label:<22} no round without errors")
+            continue
         ratios = [run.rate / native.rate for run, native in pairs]
         p50 = [run.p(0.5) - native.p(0.5) for run, native in pairs]
         p99 = [run.p(0.99) - native.p(0.99) for run, native in pairs]
         cpu = [run.bridge_ms or 0.0 for run, _ in pairs]
+        left_out = f" ({len(rounds) - len(pairs)} rounds with errors left out)" * (
+            len(pairs) < len(rounds)
+        )
         print(
             f"  {label:<22} {spread(ratios, 'x', '.2f')} of native;"
             f" added ETRN latency p50 {spread(p50, ' ms', '+.1f')},"
             f" p99 {spread(p99, ' ms', '+.1f')}; bridge CPU {spread(cpu, ' ms', '.3f')} per ETRN"
+            f"{left_out}"
         )
 
 
