@@ -21,8 +21,18 @@ nothing.
 (the optional extra, ``pip install 'etrn-bridge[uvloop]'``) instead of asyncio's
 own loop; the MTAs and the clients are the same either way.
 
-    python bench/hooks.py [--sessions 1000] [--clients 50] [--only postfix]
-                          [--event-loop asyncio|uvloop]
+On a shared machine single runs are noisy, so each MTA is measured in
+``--rounds`` rounds, each a native run followed by the hook runs, every run
+after ``--warmup`` sessions that are not counted (the MTA's processes spawned
+and connected to the hook). Each row's ratio is to the native run of its own
+round; the summary gives the median and range of those ratios. To show where
+the time goes, each row also has the CPU per session of the clients (this
+process), of the MTA (its daemon and every process under it, those that
+ended included) and of the bridge: on a machine with no CPU to spare,
+sessions/s follow the sum.
+
+    python bench/hooks.py [--sessions 2000] [--clients 50] [--only postfix]
+                          [--rounds 3] [--warmup 300] [--event-loop asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -33,15 +43,17 @@ import json
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "mta"))
 
-from mtalab import MTAS, LabMta, lab_env
+from mtalab import MTA_LAB, MTAS, LabMta, lab_env
 
 LAB = Path(__file__).resolve().parents[1] / "tests" / "mta" / "lab"
 HOST = "127.0.0.1"
@@ -51,6 +63,13 @@ HOOKS = {
     "exim": ("exim", "Debian-exim"),
     "sendmail": ("sendmail", "root"),
 }
+# The daemon each lab MTA writes its pid to (tests/mta/lab/*.sh; first line).
+DAEMON_PID_FILES = {
+    "postfix": MTA_LAB / "postfix" / "spool" / "pid" / "master.pid",
+    "exim": MTA_LAB / "exim" / "exim.pid",
+    "sendmail": MTA_LAB / "sendmail" / "sendmail.pid",
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 async def read_reply(reader: asyncio.StreamReader) -> bytes:
@@ -139,10 +158,52 @@ def start_bridge(
     raise RuntimeError(f"bridge for {mta.name} did not start: {log.read_text()}")
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """proc(5) stat fields from the third (state) on; None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (proc(5) stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    fields = proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields else 0.0
+
+
+def tree_snapshot(root: int) -> dict[int, int]:
+    """CPU ticks of ``root`` and of every process under it, each with its reaped
+    children's (fields 14-17)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (fields := proc_stat(int(name))):
+            parents[int(name)] = int(fields[1])
+            ticks[int(name)] = sum(int(value) for value in fields[11:15])
+    inside = {root}
+    for start in sorted(parents):  # walk each process up to root (or out of the tree)
+        chain, pid = [], start
+        while pid not in inside and pid in parents and pid > 1:
+            chain.append(pid)
+            pid = parents[pid]
+        if pid in inside:
+            inside.update(chain)
+    return {pid: ticks[pid] for pid in inside if pid in ticks}
+
+
+def tree_cpu(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds a process tree used between two snapshots. A process that
+    ended was reaped into its parent's counters with all of its CPU, so what it
+    had used before the first snapshot is taken off again."""
+    used = sum(ticks - before.get(pid, 0) for pid, ticks in after.items())
+    used -= sum(ticks for pid, ticks in before.items() if pid not in after)
+    return used / CLOCK_TICKS
+
+
+def own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -150,19 +211,95 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(30)
 
 
-def row(label: str, rate: float, latencies: list[float], errors: list[str], base: float) -> None:
-    ratio = f"{rate / base:5.2f}x" if base else "    -"
-    p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
-    print(
-        f"  {label:<28} {rate:8.1f} sessions/s {ratio}  ETRN p50 {p50:7.2f} ms"
-        f"  p99 {p99:8.2f} ms  errors {len(errors)}" + (f" (first: {errors[0]})" if errors else "")
+@dataclass
+class Run:
+    """One measured run: throughput, ETRN latency, CPU per session by party."""
+
+    rate: float
+    latencies: list[float]
+    errors: list[str]
+    client_ms: float
+    mta_ms: float
+    bridge_ms: float | None
+
+    def p(self, fraction: float) -> float:
+        return percentile(self.latencies, fraction) * 1000
+
+
+def measure(
+    port: int, args: argparse.Namespace, daemon: int, bridge: subprocess.Popen[bytes] | None
+) -> Run:
+    asyncio.run(load(port, args.warmup, args.clients))
+    client, mta = own_cpu(), tree_snapshot(daemon)
+    bridge_before = cpu_seconds(bridge.pid) if bridge else 0.0
+    rate, latencies, errors = asyncio.run(load(port, args.sessions, args.clients))
+    per_session = 1000 / args.sessions
+    return Run(
+        rate,
+        latencies,
+        errors,
+        (own_cpu() - client) * per_session,
+        tree_cpu(mta, tree_snapshot(daemon)) * per_session,
+        (cpu_seconds(bridge.pid) - bridge_before) * per_session if bridge else None,
     )
+
+
+def row(label: str, run: Run, native: Run | None) -> None:
+    ratio = f"{run.rate / native.rate:5.2f}x" if native else "    -"
+    bridge = f" bridge {run.bridge_ms:.2f}" if run.bridge_ms is not None else ""
+    errors = f"  errors {len(run.errors)}" + (f" (first: {run.errors[0]})" if run.errors else "")
+    added = ""
+    if native:
+        added = f" ({run.p(0.5) - native.p(0.5):+.1f}/{run.p(0.99) - native.p(0.99):+.1f})"
+    print(
+        f"  {label:<22} {run.rate:7.1f}/s {ratio}"
+        f"  ETRN p50/p99 {run.p(0.5):6.1f}/{run.p(0.99):6.1f} ms{added}"
+        f"  CPU ms/session: clients {run.client_ms:.2f} MTA {run.mta_ms:.2f}{bridge}"
+        f"  load {os.getloadavg()[0]:.1f}{errors}",
+        flush=True,
+    )
+
+
+def summary(name: str, rounds: list[dict[str, Run]]) -> None:
+    """Medians over the rounds; a run with errors (say, Sendmail refusing
+    connections above its RefuseLA load average) leaves its round out."""
+    natives = [runs.pop("native ETRN") for runs in rounds]
+    print(f"{name}, {len(rounds)} rounds (median, range):")
+    print(f"  {'native ETRN':<22} {spread([run.rate for run in natives], '/s', '.0f')}")
+    for label in rounds[0]:
+        pairs = [
+            (runs[label], native)
+            for runs, native in zip(rounds, natives, strict=True)
+            if not runs[label].errors and not native.errors
+        ]
+        if not pairs:
+            print(f"  {label:<22} no round without errors")
+            continue
+        ratios = [run.rate / native.rate for run, native in pairs]
+        p50 = [run.p(0.5) - native.p(0.5) for run, native in pairs]
+        p99 = [run.p(0.99) - native.p(0.99) for run, native in pairs]
+        cpu = [run.bridge_ms or 0.0 for run, _ in pairs]
+        left_out = f" ({len(rounds) - len(pairs)} rounds with errors left out)" * (
+            len(pairs) < len(rounds)
+        )
+        print(
+            f"  {label:<22} {spread(ratios, 'x', '.2f')} of native;"
+            f" added ETRN latency p50 {spread(p50, ' ms', '+.1f')},"
+            f" p99 {spread(p99, ' ms', '+.1f')}; bridge CPU {spread(cpu, ' ms', '.3f')} per ETRN"
+            f"{left_out}"
+        )
+
+
+def spread(values: list[float], unit: str, form: str) -> str:
+    return f"{statistics.median(values):{form}}{unit} ({min(values):{form}}..{max(values):{form}})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--only", choices=MTAS, action="append")
     parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
@@ -172,7 +309,8 @@ def main() -> None:
     subprocess.run(["bash", str(LAB / "all.sh"), "start"], check=True, capture_output=True)
     print(
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, {args.clients} clients,"
-        f" {args.sessions} sessions per row, bridge event loop {args.event_loop}"
+        f" {args.sessions} sessions per run after {args.warmup} not counted,"
+        f" bridge event loop {args.event_loop}; added ETRN latency over native in brackets"
     )
     workdir = Path(tempfile.mkdtemp(prefix="etrn-bridge-hooks-bench-"))
     for name in args.only or MTAS:
@@ -181,11 +319,7 @@ def main() -> None:
         env = lab_env(name)
         native_port = int(env[f"{name.upper()}_NATIVE_ETRN_PORT"])
         hook_port = int(env[f"{name.upper()}_HOOK_PORT"])
-        print(f"{name}:")
-        rate, latencies, errors = asyncio.run(load(native_port, args.sessions, args.clients))
-        row("native ETRN", rate, latencies, errors, 0.0)
-        native_rate = rate
-        native_p50, native_p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        daemon = int(DAEMON_PID_FILES[name].read_text().split()[0])
         backends = {
             "hook, log backend": {"type": "log"},
             f"hook, {name} backend": {
@@ -193,21 +327,21 @@ def main() -> None:
                 **({"flush_by_id": True} if name == "postfix" else {}),
             },
         }
-        for label, backend in backends.items():
-            bridge = start_bridge(mta, workdir, backend, args.event_loop)
-            try:
-                cpu_before = cpu_seconds(bridge.pid)
-                rate, latencies, errors = asyncio.run(load(hook_port, args.sessions, args.clients))
-                cpu = cpu_seconds(bridge.pid) - cpu_before
-            finally:
-                stop(bridge)
-            row(label, rate, latencies, errors, native_rate)
-            added_p50 = (percentile(latencies, 0.5) - native_p50) * 1000
-            added_p99 = (percentile(latencies, 0.99) - native_p99) * 1000
-            print(
-                f"  {'':<28} added ETRN latency p50 {added_p50:+.2f} ms, p99 {added_p99:+.2f} ms;"
-                f" bridge CPU {cpu / args.sessions * 1000:.2f} ms per ETRN"
-            )
+        rounds: list[dict[str, Run]] = []
+        for number in range(1, args.rounds + 1):
+            print(f"{name}, round {number}:")
+            native = measure(native_port, args, daemon, None)
+            row("native ETRN", native, None)
+            runs = {"native ETRN": native}
+            for label, backend in backends.items():
+                bridge = start_bridge(mta, workdir, backend, args.event_loop)
+                try:
+                    runs[label] = measure(hook_port, args, daemon, bridge)
+                finally:
+                    stop(bridge)
+                row(label, runs[label], native)
+            rounds.append(runs)
+        summary(name, rounds)
     subprocess.run(["bash", str(LAB / "all.sh"), "stop"], check=False, capture_output=True)
 
 

@@ -92,7 +92,8 @@ def config_schema() -> dict[str, Any]:
                 "coalescing of identical ETRNs and max_concurrent_flushes are kept per "
                 "worker, so with N workers a client may get up to N times its limit and "
                 "one target up to N flush runs per window (cluster: shares them). Every "
-                "worker appends whole lines to the same audit file.",
+                "worker appends whole lines to the same audit file. The hook sockets "
+                "(hooks:) are bound once and every worker accepts from them.",
             },
             "event_loop": {
                 "type": "string",

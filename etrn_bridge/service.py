@@ -28,6 +28,7 @@ from etrn_bridge.audit import AuditLog, flush_record, timestamp
 from etrn_bridge.backends.base import Backend, create_backend, flush_timeout
 from etrn_bridge.backends.reconcile import with_index
 from etrn_bridge.config import Config, ConfigError, load_config
+from etrn_bridge.handoff import start_detached
 from etrn_bridge.observer import NullObserver, Observer
 from etrn_bridge.policy.index import client_address
 from etrn_bridge.policy.limits import LimitSettings
@@ -155,10 +156,10 @@ class Service:
         ends, marked ``client_gone``. Only the caller's return means the front
         end got the outcome to answer with.
         """
-        work = asyncio.ensure_future(self._outcome(state, request))
+        work, handed = start_detached(self._outcome(state, request))
         self._track(work, self._requests)
         try:
-            outcome = await asyncio.shield(work)
+            outcome = await handed
         except asyncio.CancelledError:
             self._track(self._audit_when_done(work, request), self._followers)
             raise

@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(stream=sys.stderr, format=LOG_FORMAT, level=logging.INFO)
+    # LOG_FORMAT names no source line, thread or multiprocessing name: skip finding
+    # them for every record (logging HOWTO, "Optimization"), a line per request.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     # aiosmtpd logs every line at INFO; keep that for -v (it includes client data).
     logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if verbose:

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 
+from etrn_bridge.handoff import start_detached
 from etrn_bridge.policy.limits import DEFAULT_STATE_CAPACITY, BoundedLru, Rate, SlidingWindow
 from etrn_bridge.request import FlushResult
 
@@ -57,10 +58,11 @@ class FlushCoalescer:
             last = self._last_result.get(key)
             if last is not None:
                 return CoalescedResult(_shared(last), coalesced=True)
-        task = asyncio.get_running_loop().create_task(self._run_in_slot(flush))
+        # Detached: a client that disconnects must not cancel everyone's flush.
+        task, handed = start_detached(self._run_in_slot(flush))
         self._running[key] = task
         try:
-            result = await asyncio.shield(task)
+            result = await handed
         finally:
             if task.done():
                 self._forget_run(key, task, cooldown)
