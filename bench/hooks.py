@@ -29,7 +29,11 @@ round; the summary gives the median and range of those ratios. To show where
 the time goes, each row also has the CPU per session of the clients (this
 process), of the MTA (its daemon and every process under it, those that
 ended included) and of the bridge: on a machine with no CPU to spare,
-sessions/s follow the sum.
+sessions/s follow the sum. For Postfix a first hook row uses
+``bench/stub_policy.py``, a policy server that answers ``action=OK`` with no
+work at all: the floor any policy service can reach on this machine, which
+tells the bridge's own cost from what Postfix and the clients pay for the
+round trip itself.
 
     python bench/hooks.py [--sessions 2000] [--clients 50] [--only postfix]
                           [--rounds 3] [--warmup 300] [--event-loop asyncio|uvloop]
@@ -156,6 +160,19 @@ def start_bridge(
             return process
         time.sleep(0.05)
     raise RuntimeError(f"bridge for {mta.name} did not start: {log.read_text()}")
+
+
+def start_stub(mta: LabMta) -> subprocess.Popen[bytes]:
+    """bench/stub_policy.py on the Postfix hook socket: the floor row."""
+    socket_path = lab_env(mta.name)[f"{mta.name.upper()}_HOOK_SOCKET"]
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("stub_policy.py")), socket_path],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline() != b"ready\n":
+        raise RuntimeError("the stub policy server did not start")
+    return process
 
 
 def proc_stat(pid: int) -> list[str] | None:
@@ -333,6 +350,13 @@ def main() -> None:
             native = measure(native_port, args, daemon, None)
             row("native ETRN", native, None)
             runs = {"native ETRN": native}
+            if name == "postfix":
+                stub = start_stub(mta)
+                try:
+                    runs["stub policy (floor)"] = measure(hook_port, args, daemon, stub)
+                finally:
+                    stop(stub)
+                row("stub policy (floor)", runs["stub policy (floor)"], native)
             for label, backend in backends.items():
                 bridge = start_bridge(mta, workdir, backend, args.event_loop)
                 try:

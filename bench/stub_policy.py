@@ -1,0 +1,42 @@
+"""A Postfix policy server that answers ``action=OK`` and does nothing else.
+
+    python bench/stub_policy.py SOCKET_PATH
+
+The floor for ``bench/hooks.py``: what plugin mode costs on this machine with
+a policy service that spends no work at all per request (no decision, no
+audit, no log line), so the bridge's own share of the gap to native can be
+told from the share Postfix and the clients pay for any policy round trip.
+Bench only: it allows everything, and its socket is open to every user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+END_OF_REQUEST = b"\n\n"
+ANSWER = b"action=OK\n\n"
+
+
+async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            await reader.readuntil(END_OF_REQUEST)
+            writer.write(ANSWER)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def main(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
+    server = await asyncio.start_unix_server(answer, path)
+    os.chmod(path, 0o666)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
