@@ -4,7 +4,7 @@ The event loop gives the GIL up at every socket call (``recv``, ``send``, the
 selector's wait). While another thread is busy computing, getting it back
 takes up to one switch interval, 5 ms by default. A round of NOOP replies to
 20 sessions makes some 40 such calls, so a policy reload built in a worker
-thread stalled replies by 60-130 ms, although no single step of the build
+thread stalled replies by 35-150 ms, although no single step of the build
 holds the GIL for more than 6 ms of CPU (measured with a per-thread CPU clock).
 With :data:`BUSY_SWITCH_INTERVAL` the loop waits a tenth as long for each
 call, at the price of more thread switches in the worker (its job takes
