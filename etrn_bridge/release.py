@@ -14,8 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from itertools import repeat
+from collections.abc import Callable
 from typing import Any
 
 from etrn_bridge.switching import short_switch_interval
@@ -70,23 +69,17 @@ def release_gradually(box: list[Any]) -> None:
             fields = _FIELDS[kind] = _fields(kind)
         if not fields or sys.getrefcount(item) > _ONLY_OURS:
             continue
-        # What holds only such leaves is let go of as a whole: C frees it quickly.
         if kind is dict:
-            if not (_only_leaves(item) and _only_leaves(item.values())):
-                stack.extend(item.keys())
-                stack.extend(item.values())
+            stack.extend(item.keys())
+            stack.extend(item.values())
             item.clear()
         elif kind is list:
-            if not _only_leaves(item):
-                stack.extend(item)
+            stack.extend(item)
             item.clear()
         elif fields is _MEMBERS:
-            if not _only_leaves(item):
-                stack.extend(item)
+            stack.extend(item)
         else:
-            values = _attributes(item, fields)
-            if not _only_leaves(values):
-                stack.extend(values)
+            stack.extend(_attributes(item, fields))
 
 
 # Per type: how to reach what its instances hold. _MEMBERS: iterate the
@@ -95,12 +88,6 @@ def release_gradually(box: list[Any]) -> None:
 _MEMBERS = ("*",)
 _FIELDS: dict[type, tuple[str, ...]] = {kind: _MEMBERS for kind in (dict, list, tuple, set)}
 _FIELDS[frozenset] = _MEMBERS
-
-
-def _only_leaves(values: Iterable[Any]) -> bool:
-    """Whether no value is of a type with something to take apart (unknown types
-    count as having some); the loop runs in C."""
-    return not any(map(_FIELDS.get, map(type, values), repeat(_MEMBERS)))
 
 
 def _fields(kind: type) -> tuple[str, ...]:
