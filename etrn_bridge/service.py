@@ -46,14 +46,23 @@ from etrn_bridge.request import (
 from etrn_bridge.sharedstate import create_shared_state
 from etrn_bridge.sharedstate.base import SharedState, SharedStateUnavailable
 from etrn_bridge.sharedstate.local import LocalState
+from etrn_bridge.switching import short_switch_interval
 from etrn_bridge.target import MissingArgument, Target, TargetError, parse_target
 
 log = logging.getLogger("etrn_bridge")
 
 
 def _load_and_summarize(path: str | Path, leftovers: list[Any]) -> tuple[Config, dict[str, int]]:
-    config = load_config(path, leftovers)
-    return config, config.policy.summary()
+    """Run in a worker thread, with a short switch interval meanwhile: otherwise the
+    event loop would wait up to 5 ms for the GIL at every socket call (switching.py)."""
+    with short_switch_interval():
+        config = load_config(path, leftovers)
+        return config, config.policy.summary()
+
+
+def _replaced_policy_freed() -> None:
+    # In the release thread, once the last session using the old policy has ended.
+    log.info("reload: the replaced policy is freed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +340,7 @@ class Service:
                 leftovers.append(self._state.policy)
                 self.reload(config, summary)
                 reloaded = True
-        release_in_background(leftovers)
+        release_in_background(leftovers, _replaced_policy_freed if reloaded else None)
         return reloaded
 
     def reload_failed(self, path: str | Path, errors: Iterable[str]) -> None:

@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from etrn_bridge.audit import AuditLog
@@ -31,6 +31,7 @@ from etrn_bridge.frontends.hooks import Hooks
 from etrn_bridge.frontends.listener import Listener
 from etrn_bridge.frontends.passwords import PasswordFileError
 from etrn_bridge.frontends.sockets import bind_listeners, bound_name
+from etrn_bridge.policy.model import Policy
 from etrn_bridge.service import Service
 from etrn_bridge.systemd import Notifier, listen_fds, status_line
 
@@ -74,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, PasswordFileError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE
+    del config  # its policy is the service's alone now (see prepare)
     # The policy lives as long as the process: out of the collector's full scans,
     # which over a big policy's objects stop sessions for 0.1 s and more.
     gc.freeze()
-    if config.workers == 1:
+    if runtime.config.workers == 1:
         return run_worker(runtime, runtime.socket_sets[0])
     return supervise(runtime)
 
@@ -121,6 +123,9 @@ def prepare(config: Config) -> Runtime:
     metrics = metrics_observer(config)
     try:
         service = Service.from_config(config, audit, observer=metrics)
+        # The rest keep the settings only: were the startup policy held here too,
+        # the first reload could never free it (release.py waits for its users).
+        config = replace(config, policy=Policy())
         listener = Listener.from_config(config, service)
         if metrics is not None:
             metrics.count_sessions(lambda: len(listener.sessions))

@@ -164,6 +164,12 @@ class EtrnSession(SMTP):
             self.listener.admission.release(self._peer.host)
         self.listener.session_ended(self)
         self._log_end()
+        # aiosmtpd's session objects form reference cycles, left to the cyclic
+        # collector, and a reload freezes every live object out of its reach
+        # (config.py): dropped here, the policy this session started with is
+        # freed once its last session ends (release.py), not kept for good.
+        # Nothing runs the handler after this: aiosmtpd has cancelled it.
+        del self.policy
 
     def _cb_client_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -14,6 +14,7 @@ from typing import Any
 from bridgekit import BASE_CONFIG, Bridge, merge_config, write_config
 
 RELOAD_TIMEOUT = 10.0
+FREED = "reload: the replaced policy is freed"
 ALLOW_OTHER = {
     "policy": {
         "clients": [
@@ -89,6 +90,22 @@ def test_session_in_flight_keeps_the_policy_it_started_with(
     assert before.command("ETRN other.example").code == 459
     assert after.command("ETRN customer.example").code == 459
     assert after.command("ETRN other.example").code == 250
+
+
+def test_the_replaced_policy_is_freed_once_its_last_session_ends(
+    start_bridge: Callable[..., Bridge],
+) -> None:
+    """Freed off the event loop by the release thread, which waits for the sessions
+    still using it (the startup policy included: nothing else may keep it)."""
+    bridge = start_bridge()
+    before = bridge.session()
+    assert reload(bridge, ALLOW_OTHER)["ok"] is True
+    assert before.command("ETRN customer.example").code == 250  # still the old policy
+    assert not any(FREED in line for line in bridge.log_lines)
+
+    assert before.command("QUIT").code == 221
+    before.close()
+    bridge.wait_for_log(FREED)
 
 
 def test_serve_never_starts_on_an_invalid_file(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mtalab import BRIDGE_USER, LAB_DIR, MTA_LAB, MTAS, LabMta
+from mtalab import BRIDGE_USER, LAB_DIR, MTA_LAB, MTAS, POSTDROP, LabMta
 
 SUDOERS_DROP_IN = Path("/etc/sudoers.d/etrn-bridge-mta-lab")
 
@@ -78,7 +78,7 @@ def sudoers(lab: dict[str, LabMta], tmp_path: Path) -> Iterator[str]:
         useradd = ["useradd", "-r", "-U", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin"]
         subprocess.run([*useradd, BRIDGE_USER], check=True)
     draft = tmp_path / "sudoers"
-    draft.write_text("".join(lab[m].kit_sudoers_line() + "\n" for m in ("exim", "sendmail")))
+    draft.write_text("".join(lab[m].kit_sudoers_line() + "\n" for m in MTAS))
     subprocess.run(["visudo", "-cf", str(draft)], capture_output=True, check=True)
     draft.chmod(0o440)
     shutil.copy2(draft, SUDOERS_DROP_IN)
@@ -86,3 +86,13 @@ def sudoers(lab: dict[str, LabMta], tmp_path: Path) -> Iterator[str]:
         yield BRIDGE_USER
     finally:
         SUDOERS_DROP_IN.unlink()
+
+
+@pytest.fixture
+def postdrop_member(sudoers: str) -> Iterator[str]:
+    """The bridge user, in group postdrop while the test runs (SupplementaryGroups=)."""
+    subprocess.run(["gpasswd", "-a", sudoers, POSTDROP], capture_output=True, check=True)
+    try:
+        yield sudoers
+    finally:
+        subprocess.run(["gpasswd", "-d", sudoers, POSTDROP], capture_output=True, check=True)

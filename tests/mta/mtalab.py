@@ -20,7 +20,7 @@ from pathlib import Path
 from etrn_bridge.backends.base import Backend, create_backend
 from etrn_bridge.backends.exim import EximBackend, parse_exim_bp
 from etrn_bridge.backends.mta import MtaBackend
-from etrn_bridge.backends.postfix import PostfixBackend, parse_postqueue_json
+from etrn_bridge.backends.postfix import DEFAULT_POSTSUPER, PostfixBackend, parse_postqueue_json
 from etrn_bridge.backends.sendmail import SendmailBackend, parse_sendmail_bp
 from etrn_bridge.frontends.tlsinfo import fingerprint
 
@@ -55,6 +55,8 @@ BACKEND_CLASSES: dict[str, type[MtaBackend]] = {
 }
 # The unprivileged user the kits' READMEs run the bridge as (sudoers lines).
 BRIDGE_USER = "etrn-bridge"
+# Postfix's group for postdrop/postqueue: the bridge's user joins it (SupplementaryGroups=).
+POSTDROP = "postdrop"
 # How long "nothing else arrives" is watched after the expected mail came.
 QUIET_PERIOD = 1.0
 # What LabMta.reset() sends Postfix to spend a pending flush override: a lab
@@ -96,6 +98,8 @@ class LabMta:
         """The sudoers line of the MTA's kit README, for the lab's program."""
         readme = (KIT_ROOT / self.name / "README.md").read_text()
         line = next(x for x in readme.splitlines() if x.startswith(f"{BRIDGE_USER} ALL="))
+        if self.name == "postfix":  # the line for postsuper -H (hold: true)
+            return line.replace(DEFAULT_POSTSUPER[-1], lab_env("postfix")["POSTSUPER"])
         return line.replace(BACKEND_CLASSES[self.name].default_program, self.program)
 
     @property

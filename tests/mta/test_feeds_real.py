@@ -9,6 +9,8 @@ and put back as it was afterwards.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import smtplib
 import subprocess
 import time
@@ -18,6 +20,8 @@ from pathlib import Path
 import pytest
 from milterkit import MilterProcess, milter_config, need_pymilter, start_milter
 from mtalab import LAB_DIR, MTA_LAB, LabMta, lab_env
+from test_bridge_real import running_bridge
+from test_least_privilege import as_user
 
 from etrn_bridge.backends.mta import FROM_INDEX, MtaBackend
 from etrn_bridge.backends.reconcile import reconcile
@@ -42,6 +46,9 @@ POLICY = {
     ]
 }
 SERVED = ("user@customer.test", "user@sub.customer.test")
+# A queue id as Postfix writes it with enable_long_queue_ids = yes: time and inode
+# in an alphabet without vowels (0-9, consonants), so "ALL" never looks like one.
+LONG_QUEUE_ID = "4mPRtq6nb7zKRvX"
 NOT_SERVED = ("user@mycustomer.test", "user@customer.test.evil")
 
 
@@ -236,3 +243,87 @@ async def test_etrn_releases_held_mail_and_frees_the_quota(
     # Delivered, so no longer counted: the domain takes mail again.
     assert send(mta, ("c@noflush.test",)) == {}
     index.close()
+
+
+@pytest.fixture
+def bridge_index(sudoers: str) -> Iterator[Path]:
+    """A queue index in a directory of the bridge's user, where the kit puts it
+    (``install -d -o etrn-bridge /var/lib/etrn-bridge``); the lab's own is reachable
+    by every MTA user."""
+    directory = FEEDS / "bridge-index"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o755)
+    user = pwd.getpwnam(sudoers)
+    os.chown(directory, user.pw_uid, user.pw_gid)
+    yield directory / "index.sqlite"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_unprivileged_bridge_releases_held_mail_through_the_kit_sudoers_line(
+    feeds_lab: dict[str, LabMta], postdrop_member: str, bridge_index: Path, tmp_path: Path
+) -> None:
+    """``serve`` runs as the kit's user (group postdrop for the lab's postqueue);
+    its ``postsuper -H`` goes through ``sudo -n`` with exactly the line of
+    postfix/README.md (conftest's ``sudoers``), and the held message is delivered
+    after ETRN. The same user cannot use the line for anything else: not to
+    delete, not to release ALL or mail held by the operator, not another queue
+    directory or Postfix instance."""
+    mta = feeds_lab["postfix"]
+    mta.reset()
+    postsuper = lab_env("postfix")["POSTSUPER"]
+    backend = {**mta.backend_options, "postsuper": ["/usr/bin/sudo", "-n", postsuper]}
+    index_config = f"index: {{file: {bridge_index}}}\n"
+    with running_bridge(
+        tmp_path, backend, postdrop_member, ["noflush.test"], index_config
+    ) as bridge:
+        # The bridge made the index as its own user and reconciled it: from now on
+        # ETRN selects from it. Then the milter (root here) records into the same file.
+        wait_for(lambda: bridge_index.exists() and _last_reconciled(bridge_index) is not None)
+        config = milter_config(tmp_path / "milter", POLICY)
+        config["index"]["file"] = str(bridge_index)
+        config["milter"]["socket"] = f"unix:{FEEDS / 'milter.sock'}"
+        milter = start_milter(tmp_path / "milter", config)
+        try:
+            # Mail the operator put on hold (not through the milter) must stay there.
+            mta.inject(("user@mycustomer.test",))
+            (operators,) = listed_ids(mta, ("user@mycustomer.test",))
+            subprocess.run([postsuper, "-h", operators], capture_output=True, check=True)
+            assert send(mta, ("user@noflush.test",)) == {}
+            wait_for(lambda: len(_mta_held(mta)) == 2)
+            (held,) = _mta_held(mta) - {operators}
+
+            for misuse in (
+                ["-d", "ALL"],
+                ["-d", held],
+                ["-H", "ALL"],
+                ["-H", "-"],  # queue ids from stdin
+                ["-H", held, "-d", operators],
+                ["-H", operators, "hold"],  # a queue directory argument
+                ["-c", lab_env("postfix")["POSTFIX_CONFIG_DIR"], "-H", held],
+                ["-r", held],
+            ):
+                refused = as_user(postdrop_member, "sudo", "-n", postsuper, *misuse)
+                assert refused.returncode != 0, misuse
+                assert "password is required" in refused.stderr, (misuse, refused.stderr)
+            assert _mta_held(mta) == {held, operators}
+            # Ids in Postfix's long format (enable_long_queue_ids) pass too (asked, not run).
+            long_ids = ["-H", LONG_QUEUE_ID, "-H", LONG_QUEUE_ID]
+            asked = as_user(postdrop_member, "sudo", "-n", "-l", postsuper, *long_ids)
+            assert asked.returncode == 0, asked.stderr
+
+            code, text = bridge.etrn("noflush.test")
+            assert code == 253 and "1 pending messages" in text, text
+            assert set(mta.wait_received({"user@noflush.test"})) == {"user@noflush.test"}
+            assert _mta_held(mta) == {operators}
+            (record,) = [r for r in bridge.records() if r["event"] == "etrn"]
+            assert record["selected_from"] == FROM_INDEX and record["queue_ids"] == [held]
+        finally:
+            milter.stop()
+
+
+def _last_reconciled(path: Path) -> float | None:
+    index = QueueIndex(path)
+    try:
+        return index.last_reconciled()
+    finally:
+        index.close()

@@ -29,12 +29,11 @@ from pathlib import Path
 
 import pytest
 from bridgekit import require_program
-from mtalab import KIT_ROOT, MTA_LAB, NODE, RECIPIENTS, LabMta, lab_env
+from mtalab import KIT_ROOT, MTA_LAB, NODE, POSTDROP, RECIPIENTS, LabMta, lab_env
 from test_bridge_real import running_bridge
 from test_cli_real import cli, write_config
 
 EXIM_DEFAULT_CONFIG = Path("/etc/exim4/exim4.conf")  # Debian's compiled-in first choice
-POSTDROP = "postdrop"
 
 
 def as_user(user: str, *argv: str, groups: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -47,16 +46,6 @@ def as_user(user: str, *argv: str, groups: str | None = None) -> subprocess.Comp
 
 
 # Postfix ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def postdrop_member(sudoers: str) -> Iterator[str]:
-    """The bridge user, in group postdrop while the test runs (SupplementaryGroups=)."""
-    subprocess.run(["gpasswd", "-a", sudoers, POSTDROP], capture_output=True, check=True)
-    try:
-        yield sudoers
-    finally:
-        subprocess.run(["gpasswd", "-d", sudoers, POSTDROP], capture_output=True, check=True)
 
 
 def test_postfix_flush_without_sudo_and_nothing_more(

@@ -6,6 +6,9 @@ import threading
 import weakref
 from pathlib import Path
 
+import pytest
+
+from etrn_bridge import release
 from etrn_bridge.config import load_config
 from etrn_bridge.release import release_gradually
 from etrn_bridge.request import Identity
@@ -65,3 +68,20 @@ def test_a_released_config_leaves_the_policy_a_session_holds_working(tmp_path: P
     assert policy.decide(Identity("127.0.0.7"), parse_target("d7.example")).allowed
     assert not policy.decide(Identity("127.0.0.7"), parse_target("d8.example")).allowed
     assert policy.summary()["clients"] == 49
+
+
+def test_a_release_in_the_background_waits_for_what_others_still_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replaced policy that sessions still use is freed once they let go of it."""
+    monkeypatch.setattr(release, "HELD_ELSEWHERE_POLL", 0.01)
+    in_use = {"entries": [Leaf(), Leaf()]}
+    gone = weakref.ref(in_use["entries"][0])
+    freed = threading.Event()
+    release.release_in_background([in_use], freed.set)
+
+    assert not freed.wait(0.2)  # twenty looks, and still in use
+    assert len(in_use["entries"]) == 2 and gone() is not None
+    del in_use
+    assert freed.wait(10)
+    assert gone() is None

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import threading
 from pathlib import Path
 
 from etrn_bridge.audit import AuditLog
 from etrn_bridge.config import load_config
 from etrn_bridge.request import Identity, Request, Status
 from etrn_bridge.service import Service
+from etrn_bridge.switching import BUSY_SWITCH_INTERVAL
 
 ENTRIES = 2_000
 
@@ -84,3 +87,27 @@ async def test_an_invalid_file_keeps_the_policy_in_force(tmp_path: Path) -> None
     records = [json.loads(line) for line in audit_file.read_text().splitlines()]
     (record,) = [r for r in records if r["event"] == "reload"]
     assert record["ok"] is False and any("bad..name" in error for error in record["errors"])
+
+
+async def test_the_build_and_the_release_run_with_a_short_switch_interval(
+    tmp_path: Path,
+) -> None:
+    """While the worker builds (and the release thread frees), the loop waits for
+    the GIL a short interval at each socket call; afterwards the default is back."""
+    config_path = tmp_path / "etrn.yaml"
+    write_policy(config_path, "old.example")
+    service = Service.from_config(load_config(config_path), AuditLog(tmp_path / "audit.jsonl"))
+    default = sys.getswitchinterval()
+
+    task = service.reload_in_background(config_path)
+    seen = set()
+    while not task.done():
+        seen.add(sys.getswitchinterval())
+        await asyncio.sleep(0)
+    assert await task
+    for thread in threading.enumerate():
+        if thread.name == "release":
+            thread.join()
+
+    assert BUSY_SWITCH_INTERVAL in seen
+    assert sys.getswitchinterval() == default
