@@ -44,6 +44,10 @@ RECIPIENT_SEPARATOR = ", "  # how Exim expands $recipients
 # A message may have thousands of recipients; more than this is not a line Exim sent us.
 MAX_LINE = 1 << 20
 READ_TIMEOUT = 5.0
+# The rest of a refused over-long request is read and dropped (up to this much,
+# until the sender's EOF) before the answer: a socket closed with unread input
+# sends a TCP reset, which can destroy the answer before the sender reads it.
+MAX_DISCARD = 4 * MAX_LINE
 REPLY_OK = b"OK\n"
 
 
@@ -79,6 +83,7 @@ class _Handler(socketserver.StreamRequestHandler):
         try:
             line = self.rfile.readline(MAX_LINE + 1)
             if len(line) > MAX_LINE:
+                self._discard_rest()
                 raise EximFeedError("line too long")
             message_id, size, recipients = parse_line(line)
             self.server.recorder.message_queued(message_id, recipients, size, can_hold=False)
@@ -94,6 +99,11 @@ class _Handler(socketserver.StreamRequestHandler):
             reply = b"ERR internal error\n"
         with contextlib.suppress(OSError):
             self.wfile.write(reply)
+
+    def _discard_rest(self) -> None:
+        left = MAX_DISCARD
+        while left > 0 and (chunk := self.rfile.read1(min(left, 1 << 16))):
+            left -= len(chunk)
 
 
 class EximFeedServer(socketserver.ThreadingTCPServer):
