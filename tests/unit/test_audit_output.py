@@ -25,14 +25,15 @@ NAMES = [
 def summary(names: list[tuple[str, str]]) -> Summary:
     result = Summary()
     for number, key in enumerate(reversed(names)):
-        row = result.rows[key] = Row()
-        row.add("allowed", 10**number, number, f"2026-11-29T10:00:0{number}.000Z")
-        row.add("denied", number, 0, "2026-11-28T10:00:00.000Z")
+        # Counts of different widths, one negative (a hostile "pending" is any int).
+        allowed, denied, messages = 10**number, number, number - 1
+        seen = f"2026-11-29T10:00:0{number}.000Z"
+        result.rows[key] = Row(allowed + denied, allowed, denied, 0, 0, messages, seen)
     return result
 
 
 def rows_in_order(source: Summary) -> list[tuple[object, ...]]:
-    return [(*key, *row.values()) for key, row in sorted(source.rows.items())]
+    return [(*key, *row) for key, row in sorted(source.rows.items())]
 
 
 def reference_table(source: Summary) -> str:

@@ -83,7 +83,7 @@ def gzip_file(path: Path, records: list[dict[str, Any] | bytes]) -> Path:
 
 def summary_rows(files: list[Path], query: Query | None = None) -> dict[tuple[str, str], tuple]:
     summary = auditquery.summarise(files, query or Query())
-    return {key: row.values() for key, row in summary.rows.items()}
+    return {key: tuple(row) for key, row in summary.rows.items()}
 
 
 # The reference: every line through json.loads, counted the simple way.
@@ -215,7 +215,7 @@ def test_fast_path_equals_json_loads_reading(tmp_path: Path) -> None:
     summary = auditquery.summarise([path], Query())
     expected_rows, expected_malformed = reference(path.read_bytes().split(b"\n"))
 
-    assert {k: list(r.values()) for k, r in summary.rows.items()} == expected_rows
+    assert {k: list(r) for k, r in summary.rows.items()} == expected_rows
     assert summary.malformed.count == expected_malformed
     assert summary.malformed.count >= len(HOSTILE_LINES) - 1  # all but the empty line
     # The repeated key counts as json.loads reads it: a denied request.
@@ -228,8 +228,8 @@ def test_block_boundaries_do_not_change_anything(tmp_path: Path, monkeypatch) ->
     whole = auditquery.summarise([path], Query())
     monkeypatch.setattr(auditquery, "BLOCK_BYTES", 97)  # shorter than one line
     cut = auditquery.summarise([path], Query())
-    assert {k: r.values() for k, r in cut.rows.items()} == {
-        k: r.values() for k, r in whole.rows.items()
+    assert {k: tuple(r) for k, r in cut.rows.items()} == {
+        k: tuple(r) for k, r in whole.rows.items()
     }
     assert cut.lines == whole.lines == 401
     assert cut.malformed.first == whole.malformed.first == f"{path}:201"
@@ -373,8 +373,8 @@ def test_raw_line_prefilter_changes_nothing_but_speed(
     monkeypatch.setattr(auditquery._LinePrefilter, "apply", lambda self, data: data)
     unfiltered = auditquery.summarise([path], query)
     assert filtered.matched == unfiltered.matched > 0
-    assert {k: r.values() for k, r in filtered.rows.items()} == {
-        k: r.values() for k, r in unfiltered.rows.items()
+    assert {k: tuple(r) for k, r in filtered.rows.items()} == {
+        k: tuple(r) for k, r in unfiltered.rows.items()
     }
 
 
