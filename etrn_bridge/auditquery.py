@@ -36,10 +36,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkProcess
-from operator import and_, contains, itemgetter, methodcaller, not_, or_
+from operator import and_, contains, itemgetter, le, methodcaller, not_, or_
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -545,21 +545,6 @@ _PLACE = {column: place for place, column in enumerate(ROW_COLUMNS)}
 _REQUESTS, _MESSAGES, _LAST_SEEN = _PLACE["requests"], _PLACE["messages"], _PLACE["last_seen"]
 
 
-def _counts_of(rows: dict[tuple[str, str], _Counts], key: tuple[str, str]) -> _Counts:
-    counts = rows.get(key)
-    if counts is None:
-        counts = rows[key] = [0] * _LAST_SEEN + [""]
-    return counts
-
-
-def _add(counts: _Counts, place: int, requests: int, messages: int, last_seen: str) -> None:
-    """``requests`` requests that ended in the column at ``place``."""
-    counts[_REQUESTS] += requests
-    counts[place] += requests
-    counts[_MESSAGES] += messages * requests
-    counts[_LAST_SEEN] = max(counts[_LAST_SEEN], last_seen)
-
-
 def _string_or_none(captured: bytes) -> str | None:
     return None if captured == b"null" else captured[1:-1].decode("ascii")
 
@@ -591,6 +576,18 @@ class _Part:
     first_malformed: dict[int, int] = field(default_factory=dict)  # its line in the piece
     unreadable: dict[int, str] = field(default_factory=dict)
 
+    def add(
+        self, key: tuple[str, str], place: int, requests: int, messages: int, last_seen: str
+    ) -> None:
+        """``requests`` requests of ``key`` that ended in the column at ``place``."""
+        counts = self.rows.get(key)
+        if counts is None:
+            counts = self.rows[key] = [0] * _LAST_SEEN + [last_seen]
+        counts[_REQUESTS] += requests
+        counts[place] += requests
+        counts[_MESSAGES] += messages * requests
+        counts[_LAST_SEEN] = max(counts[_LAST_SEEN], last_seen)
+
 
 class _Reader:
     """Reads pieces into one _Part: fast-path lines counted per (client, span) in
@@ -601,11 +598,11 @@ class _Reader:
         self.prefilter = _LinePrefilter(query)
         self.since = None if query.since is None else query.since.encode("ascii", "replace")
         self.until = None if query.until is None else query.until.encode("ascii", "replace")
-        # Fast-path ETRN records: how often each (client, span) occurred, and when
-        # last (a piece's lines are in time order, so the last one written; across
-        # pieces, the latest wins when the counts become rows).
+        # Fast-path ETRN records: how often each (client, span) occurred, and its
+        # latest time; ``latest``: the latest time of any.
         self.counts: Counter[tuple[bytes, bytes]] = Counter()
         self.last_seen: dict[tuple[bytes, bytes], bytes] = {}
+        self.latest = b""
         self.part = _Part()
 
     def read(self, number: int, piece: Piece) -> None:
@@ -631,7 +628,20 @@ class _Reader:
             rows = list(compress(rows, map(self.until.__gt__, map(_ROW_TS, rows))))
         keys = list(map(_KEY, rows))
         self.counts.update(keys)
-        self.last_seen.update(zip(keys, map(_ROW_TS, rows), strict=True))
+        stamps = list(map(_ROW_TS, rows))
+        if not stamps:
+            return
+        if stamps[0] >= self.latest and all(map(le, stamps, islice(stamps, 1, None))):
+            # In time order, as the writer writes: each record is the latest of its key.
+            self.last_seen.update(zip(keys, stamps, strict=True))
+            self.latest = stamps[-1]
+            return
+        # A clock set back, files out of order, a hostile line: the latest by value.
+        last_seen = self.last_seen
+        for key, stamp in zip(keys, stamps, strict=True):
+            if stamp > last_seen.get(key, b""):
+                last_seen[key] = stamp
+        self.latest = max(self.latest, *stamps)
 
     def _slow_path(self, number: int, block: Block, line: bytes) -> None:
         """A line the fast path did not recognise: parsed and checked in full."""
@@ -659,7 +669,7 @@ class _Reader:
             counted = record["ok"]
         messages = (record["pending"] or 0) if counted else 0
         place = _PLACE[outcome_column(reply)]
-        _add(_counts_of(self.part.rows, key), place, 1, messages, record["ts"])
+        self.part.add(key, place, 1, messages, record["ts"])
 
     def finish(self) -> _Part:
         """The fast path's (client, span) counts added as rows (a tight loop: ~300k pairs)."""
@@ -669,14 +679,14 @@ class _Reader:
         for client in {client for client, _ in self.counts}:
             ip = client.decode("ascii")
             clients[client] = ip if self.matcher.client_matches(ip) else None
-        rows, last_seen = self.part.rows, self.last_seen
+        add, last_seen = self.part.add, self.last_seen
         for (client, span), requests in self.counts.items():
             facts, address = spans[span], clients[client]
             if facts is None or address is None:
                 continue
             target, place, messages = facts
             seen = last_seen[client, span].decode("ascii")
-            _add(_counts_of(rows, (address, target)), place, requests, messages, seen)
+            add((address, target), place, requests, messages, seen)
         return self.part
 
 
@@ -701,17 +711,17 @@ def default_workers() -> int:
 
 def _read(pieces: list[Piece], query: Query, workers: int) -> list[_Part]:
     """Every piece read once, by this process and ``workers - 1`` forked ones; each
-    takes the next piece as it is done with one, the unsplittable ones first."""
-    order = sorted(range(len(pieces)), key=lambda number: pieces[number].descriptor is not None)
+    takes the next piece in order (oldest first, as the writer wrote) when it is
+    done with one."""
     workers = min(workers, len(pieces))
     if workers < 2 or sum(piece.size for piece in pieces) < PARALLEL_BYTES:
         reader = _Reader(query)
-        for number in order:
-            reader.read(number, pieces[number])
+        for number, piece in enumerate(pieces):
+            reader.read(number, piece)
         return [reader.finish()]
     # fork: the children start with the pieces, the query and the open descriptors.
     context = multiprocessing.get_context("fork")
-    taken = context.Value("q", 0)  # places of ``order`` handed out so far
+    taken = context.Value("q", 0)  # pieces handed out so far
 
     def read_taken() -> _Part:
         reader = _Reader(query)
@@ -719,9 +729,9 @@ def _read(pieces: list[Piece], query: Query, workers: int) -> list[_Part]:
             with taken.get_lock():
                 place = taken.value
                 taken.value = place + 1
-            if place >= len(order):
+            if place >= len(pieces):
                 return reader.finish()
-            reader.read(order[place], pieces[order[place]])
+            reader.read(place, pieces[place])
 
     def child(connection: Connection) -> None:
         connection.send(read_taken())
