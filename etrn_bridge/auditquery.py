@@ -639,7 +639,7 @@ class _Reader:
         # A clock set back, files out of order, a hostile line: the latest by value.
         last_seen = self.last_seen
         for key, stamp in zip(keys, stamps, strict=True):
-            if stamp > last_seen.get(key, b""):
+            if stamp >= last_seen.get(key, stamp):
                 last_seen[key] = stamp
         self.latest = max(self.latest, *stamps)
 

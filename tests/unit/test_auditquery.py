@@ -512,6 +512,7 @@ def test_last_seen_is_the_latest_time_even_out_of_order(
         etrn(f"127.0.0.{i % 3 + 1}", f"c{i % 2}.example", ts=f"2026-11-29T10:0{m}:00.{i:03d}Z")
         for i, m in enumerate(minutes)
     ]
+    records[100:100] = [etrn("127.0.0.9", ts=""), etrn("127.0.0.9", ts="")]  # any string
     path = write(tmp_path / "audit.jsonl", records)
     expected, _ = reference(path.read_bytes().split(b"\n"))
     monkeypatch.setattr(auditquery, "PARALLEL_BYTES", 0)
