@@ -27,7 +27,6 @@ from etrn_bridge.auditquery import (
     parse_time,
     summarise,
 )
-from etrn_bridge.cli.configfile import load_or_report
 from etrn_bridge.collector import collector_paused
 from etrn_bridge.request import Status
 from etrn_bridge.target import TargetError, parse_target
@@ -104,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
 def _audit_path(args: argparse.Namespace) -> Path:
     if args.file is not None:
         return Path(args.file)
+    # Imported here: the config's validation (jsonschema, the backends) takes
+    # longer to import than a small audit takes to read, and --file needs none.
+    from etrn_bridge.cli.configfile import load_or_report  # noqa: PLC0415
+
     config = load_or_report(args.config)
     if config is None:
         raise QueryError(f"cannot use {args.config}")
