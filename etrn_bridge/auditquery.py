@@ -566,6 +566,24 @@ def _span_facts(span: bytes, matcher: _Matcher) -> _SpanFacts:
     return target_name or NO_TARGET, place, int(pending) if counted else 0
 
 
+# Requests of one row: (client, target), the place of their column, how many,
+# the messages each counts, the latest time.
+_Entry = tuple[tuple[str, str], int, int, int, str]
+
+
+def _tally(rows: dict[tuple[str, str], _Counts], entries: Iterable[_Entry]) -> None:
+    # Spelled out for speed (~300k entries): a literal of the 7 ROW_COLUMNS, no max().
+    for key, place, requests, messages, last_seen in entries:
+        counts = rows.get(key)
+        if counts is None:
+            counts = rows[key] = [0, 0, 0, 0, 0, 0, last_seen]
+        counts[_REQUESTS] += requests
+        counts[place] += requests
+        counts[_MESSAGES] += messages * requests
+        if last_seen > counts[_LAST_SEEN]:  # noqa: PLR1730
+            counts[_LAST_SEEN] = last_seen
+
+
 @dataclass(slots=True)
 class _Part:
     """What one process found in the pieces it read (pieces by their number)."""
@@ -575,18 +593,6 @@ class _Part:
     malformed: int = 0
     first_malformed: dict[int, int] = field(default_factory=dict)  # its line in the piece
     unreadable: dict[int, str] = field(default_factory=dict)
-
-    def add(
-        self, key: tuple[str, str], place: int, requests: int, messages: int, last_seen: str
-    ) -> None:
-        """``requests`` requests of ``key`` that ended in the column at ``place``."""
-        counts = self.rows.get(key)
-        if counts is None:
-            counts = self.rows[key] = [0] * _LAST_SEEN + [last_seen]
-        counts[_REQUESTS] += requests
-        counts[place] += requests
-        counts[_MESSAGES] += messages * requests
-        counts[_LAST_SEEN] = max(counts[_LAST_SEEN], last_seen)
 
 
 class _Reader:
@@ -669,7 +675,7 @@ class _Reader:
             counted = record["ok"]
         messages = (record["pending"] or 0) if counted else 0
         place = _PLACE[outcome_column(reply)]
-        self.part.add(key, place, 1, messages, record["ts"])
+        _tally(self.part.rows, [(key, place, 1, messages, record["ts"])])
 
     def finish(self) -> _Part:
         """The fast path's (client, span) counts added as rows (a tight loop: ~300k pairs)."""
@@ -679,15 +685,21 @@ class _Reader:
         for client in {client for client, _ in self.counts}:
             ip = client.decode("ascii")
             clients[client] = ip if self.matcher.client_matches(ip) else None
-        add, last_seen = self.part.add, self.last_seen
-        for (client, span), requests in self.counts.items():
-            facts, address = spans[span], clients[client]
-            if facts is None or address is None:
-                continue
-            target, place, messages = facts
-            seen = last_seen[client, span].decode("ascii")
-            add((address, target), place, requests, messages, seen)
+        _tally(self.part.rows, self._fast_entries(spans, clients))
         return self.part
+
+    def _fast_entries(
+        self, spans: dict[bytes, _SpanFacts], clients: dict[bytes, str | None]
+    ) -> Iterator[_Entry]:
+        # Both dicts got their keys in one order, from the same lists: zipped, not
+        # looked up (a tenth of a second less in a million lines).
+        pairs = zip(self.counts.items(), self.last_seen.items(), strict=True)
+        for ((client, span), requests), (pair, seen) in pairs:
+            assert pair[1] is span and pair[0] is client
+            facts, address = spans[span], clients[client]
+            if facts is not None and address is not None:
+                target, place, messages = facts
+                yield (address, target), place, requests, messages, seen.decode("ascii")
 
 
 def summarise(files: Iterable[Path], query: Query, workers: int = 1) -> Summary:
