@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from json.encoder import encode_basestring_ascii
-from operator import add
+from operator import add, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,18 @@ def _query(args: argparse.Namespace) -> Query:
 
 def _sorted_rows(summary: Summary) -> list[tuple[Any, ...]]:
     """(client, target, *ROW_COLUMNS values) of every row, by client and target."""
-    return sorted(map(add, summary.rows.keys(), summary.rows.values()))
+    rows = list(map(add, summary.rows.keys(), summary.rows.values()))
+    # One string, client NUL target, sorts as the pair does unless a client holds
+    # a NUL (a slow-path one may; a fast-path one never does), and twice as fast.
+    if "\0" in "\1".join(map(itemgetter(0), summary.rows)):
+        rows.sort()
+    else:
+        rows.sort(key=_client_nul_target)
+    return rows
+
+
+def _client_nul_target(row: tuple[Any, ...]) -> str:
+    return f"{row[0]}\0{row[1]}"
 
 
 def _json_lines(summary: Summary) -> str:

@@ -19,6 +19,9 @@ NAMES = [
     ("127.0.0.3", "evil\x1b[2J\x00"),
     ("127.0.0.4", "caf\u00e9\u2028\U0001f600"),
     ("127.0.0.5\t", "a\nb"),
+    # As pairs, "127.0.0.5" sorts first; as "client NUL target" strings it would not.
+    ("127.0.0.5", "z.example"),
+    ("127.0.0.5\x00y", "a"),
 ]
 
 
@@ -62,7 +65,7 @@ def test_json_lines_equal_json_dumps_of_each_row() -> None:
 
 
 def test_table_equals_formatting_each_line() -> None:
-    for names in (NAMES, NAMES[:4]):  # with and without unprintable cells
+    for names in (NAMES, NAMES[:4]):  # with and without unprintable cells, NUL
         source = summary(names)
         assert _table(source) == reference_table(source)
     printed = _table(summary(NAMES))
