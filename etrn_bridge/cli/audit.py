@@ -176,7 +176,8 @@ def _table(summary: Summary) -> str:
     heading = "  ".join([*(f"%-{n}s" for n in names), *(f"%{n}s" for n in counts), "%s"])
     layout = "  ".join([*(f"%-{n}s" for n in names), *(f"%{n}d" for n in counts), "%s"])
     lines = [heading % HEADINGS, *map(layout.__mod__, rows)]
-    if not all(map(str.isprintable, lines)):
+    # The rest of a line (spaces, digits, headings) is printable: the texts decide.
+    if not all("".join(columns[place]).isprintable() for place in (0, 1, -1)):
         lines = list(map(_printable, lines))
     return "\n".join(lines) + "\n"
 
