@@ -68,7 +68,9 @@ def _etrn_layout() -> re.Pattern[bytes]:
     """One ``etrn`` record in the writer's layout, or (last group) any other line.
 
     Groups: ts, client_ip, the members from ``target`` to ``pending`` as one span
-    (so counting hashes two strings, not seven), the other line. Strings are
+    (so counting hashes two strings, not seven), the other line. Every line is
+    one match, an empty one too (search up to the last newline), so the matches
+    count the lines. Strings are
     ASCII, as the writer's ``ensure_ascii`` makes them: anything else is the
     slow path's to judge.
     """
@@ -123,7 +125,7 @@ def _etrn_layout() -> re.Pattern[bytes]:
     # repeat a key above: json.loads would let the repeat win.
     known = f"(?:{'|'.join([*head, *span, *tail])})"
     others = rf'(?:,"(?!{known}")[A-Za-z0-9_]++":{value})*+'
-    return re.compile(rf"^(?:\{{{fixed}{others}\}}|(.+))$".encode("ascii"), re.MULTILINE)
+    return re.compile(rf"^(?:\{{{fixed}{others}\}}|(.*))$".encode("ascii"), re.MULTILINE)
 
 
 # The summary's fields in a span the layout has already checked.
@@ -136,7 +138,7 @@ _SPAN = re.compile(
 _LAYOUT = _etrn_layout()
 _ROW_TS = itemgetter(0)
 _KEY = itemgetter(1, 2)  # client_ip, span
-_OTHER = itemgetter(3)
+_SPAN_OF = itemgetter(2)  # never empty in a record of the layout
 
 
 class QueryError(ValueError):
@@ -263,7 +265,6 @@ class Block:
     path: Path
     first_line: int
     data: bytes
-    lines: int
 
     def line_number(self, line: bytes) -> int:
         """The number of the first whole line equal to ``line`` (not a part of another)."""
@@ -285,13 +286,9 @@ class Piece:
     stop: int | None = None  # None: to the end of the file as it is when read
     descriptor: int | None = None
 
-    def blocks(self) -> Iterator[Block]:
+    def blocks(self) -> Iterator[bytes]:
         """The piece in blocks of whole lines (OSError, EOFError: cannot be read on)."""
-        number = 1
-        for data in self._streamed() if self.descriptor is None else self._ranged():
-            lines = data.count(b"\n")
-            yield Block(self.path, number, data, lines)
-            number += lines
+        return self._streamed() if self.descriptor is None else self._ranged()
 
     def _streamed(self) -> Iterator[bytes]:
         with _open(self.path) as stream:
@@ -614,20 +611,22 @@ class _Reader:
     def read(self, number: int, piece: Piece) -> None:
         lines = 0
         try:
-            for block in piece.blocks():
-                lines += block.lines
-                self._read_block(number, block)
+            for data in piece.blocks():
+                lines += self._read_block(number, Block(piece.path, lines + 1, data))
         except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
             self.part.unreadable[number] = f"{piece.path}: {exc}"
         self.part.lines[number] = lines
 
-    def _read_block(self, number: int, block: Block) -> None:
-        rows = _LAYOUT.findall(self.prefilter.apply(block.data))
-        if any(map(_OTHER, rows)):
+    def _read_block(self, number: int, block: Block) -> int:
+        """Counts the block's records; returns how many lines it has."""
+        kept = self.prefilter.apply(block.data)
+        rows = _LAYOUT.findall(kept, 0, len(kept) - 1)  # not the empty line after the last
+        lines = len(rows) if kept is block.data else block.data.count(b"\n")
+        if not all(map(_SPAN_OF, rows)):
             for row in rows:
-                if row[3]:
+                if not row[2]:
                     self._slow_path(number, block, row[3])
-            rows = [row for row in rows if not row[3]]
+            rows = list(filter(_SPAN_OF, rows))
         if self.since is not None:
             rows = list(compress(rows, map(self.since.__le__, map(_ROW_TS, rows))))
         if self.until is not None:
@@ -636,18 +635,19 @@ class _Reader:
         self.counts.update(keys)
         stamps = list(map(_ROW_TS, rows))
         if not stamps:
-            return
+            return lines
         if stamps[0] >= self.latest and all(map(le, stamps, islice(stamps, 1, None))):
             # In time order, as the writer writes: each record is the latest of its key.
             self.last_seen.update(zip(keys, stamps, strict=True))
             self.latest = stamps[-1]
-            return
+            return lines
         # A clock set back, files out of order, a hostile line: the latest by value.
         last_seen = self.last_seen
         for key, stamp in zip(keys, stamps, strict=True):
             if stamp >= last_seen.get(key, stamp):
                 last_seen[key] = stamp
         self.latest = max(self.latest, *stamps)
+        return lines
 
     def _slow_path(self, number: int, block: Block, line: bytes) -> None:
         """A line the fast path did not recognise: parsed and checked in full."""

@@ -182,9 +182,10 @@ def test_writer_records_take_the_fast_path() -> None:
     data = b"".join(
         json.dumps(r, ensure_ascii=True, separators=(",", ":")).encode() + b"\n" for r in records
     )
-    rows = auditquery._LAYOUT.findall(data)
+    rows = auditquery._LAYOUT.findall(data, 0, len(data) - 1)
     assert len(rows) == len(records)
     assert [row[3] for row in rows] == [b""] * len(records)
+    assert all(row[2].startswith(b'"target":') for row in rows)
 
 
 def test_fast_path_equals_json_loads_reading(tmp_path: Path) -> None:
@@ -525,3 +526,18 @@ def test_last_seen_is_the_latest_time_even_out_of_order(
         monkeypatch.setattr(auditquery, "PIECE_BYTES", piece_bytes)
         summary = auditquery.summarise([path], Query(), workers)
         assert {k: list(r) for k, r in summary.rows.items()} == expected
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 22, 50])
+def test_every_line_is_counted_empty_ones_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int
+) -> None:
+    monkeypatch.setattr(auditquery, "BLOCK_BYTES", block_bytes)
+    path = write(tmp_path / "audit.jsonl", [b"", b"", etrn(), b"", b"", b"", b"\r", b" ", etrn()])
+    with path.open("ab") as unfinished:
+        unfinished.write(b"\n\n{")
+    for query in (Query(), Query(statuses=frozenset({"denied"}))):
+        summary = auditquery.summarise([path], query)
+        assert summary.lines == path.read_bytes().count(b"\n") + 1
+    assert summary.malformed.count == 1  # "{"; the blank ones are skipped, not malformed
+    assert auditquery.summarise([path], Query()).matched == 2
