@@ -20,6 +20,14 @@ the writer's layout that cannot match, by slicing and substring tests on the
 raw bytes (the writer escapes every quote inside a string, so a
 ``"key":"value"`` token can only be that member). Malformed lines are counted
 among the lines those tests keep.
+
+The work is shared by processes (``workers``, one per CPU): a plain file is cut
+into ranges of whole lines, read with ``os.pread`` through one descriptor, a
+gzipped one is read whole by one process, and each process takes the next
+piece when done. A process hands back its rows, not its lines (~200k rows
+for a million lines, 0.3 s to pass and add up), and the rows add up to the
+same whatever the pieces: counts are sums, ``last_seen`` the latest time by
+value, and a malformed line is named by its number in its file.
 """
 
 from __future__ import annotations
