@@ -712,7 +712,8 @@ class _Reader:
 
 def summarise(files: Iterable[Path], query: Query, workers: int = 1) -> Summary:
     """The rows of ``files`` (oldest first) that ``query`` selects, read by up to
-    ``workers`` processes (more than one only for PARALLEL_BYTES or more)."""
+    ``workers`` processes (more than one only for PARALLEL_BYTES or more). The
+    others are forked: a caller with threads (a server) keeps ``workers`` at 1."""
     unreadable: dict[int, str] = {}
     with collector_paused():
         pieces = _pieces(list(files), unreadable)
