@@ -41,7 +41,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import compress, islice, repeat
@@ -368,10 +368,9 @@ def _pieces(files: list[Path], unreadable: dict[int, str]) -> list[Piece]:
             continue
         size = os.fstat(descriptor).st_size
         for start in range(0, max(size, 1), PIECE_BYTES):
-            stop = start + PIECE_BYTES
-            last = stop >= size
-            piece = Piece(number, path, min(stop, size) - start, start, None if last else stop)
-            pieces.append(replace(piece, descriptor=descriptor))
+            stop = start + PIECE_BYTES if start + PIECE_BYTES < size else None
+            length = (stop or size) - start
+            pieces.append(Piece(number, path, length, start, stop, descriptor=descriptor))
     return pieces
 
 
@@ -699,8 +698,9 @@ class _Reader:
     def _fast_entries(
         self, spans: dict[bytes, _SpanFacts], clients: dict[bytes, str | None]
     ) -> Iterator[_Entry]:
-        # Both dicts got their keys in one order, from the same lists: zipped, not
-        # looked up (a tenth of a second less in a million lines).
+        # Both dicts got their keys in one order, from the same lists (the same
+        # objects, as the assert checks): zipped, not looked up (0.1 s less in a
+        # million lines).
         pairs = zip(self.counts.items(), self.last_seen.items(), strict=True)
         for ((client, span), requests), (pair, seen) in pairs:
             assert pair[1] is span and pair[0] is client
