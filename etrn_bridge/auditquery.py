@@ -726,8 +726,9 @@ def summarise(files: Iterable[Path], query: Query, workers: int = 1) -> Summary:
 
 
 def default_workers() -> int:
-    """The CPUs this process may use, at most MAX_WORKERS."""
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+    """The CPUs this process may use (Linux; elsewhere the machine's), at most MAX_WORKERS."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, min(len(usable) if usable else os.cpu_count() or 1, MAX_WORKERS))
 
 
 def _read(pieces: list[Piece], query: Query, workers: int) -> list[_Part]:
