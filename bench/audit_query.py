@@ -1,6 +1,7 @@
 """How fast ``etrn-bridge audit`` summarises a provider's audit trail.
 
     python bench/audit_query.py [--lines 1000000] [--days 30] [--keep DIR]
+                                [--baseline PYTHON [--pairs 3]]
 
 Writes ``--lines`` audit records with the writer's own record builder and
 encoder (audit.request_record, AuditLog.write's json.dumps), spread over
@@ -9,14 +10,20 @@ encoder (audit.request_record, AuditLog.write's json.dumps), spread over
 allowed flushes with queue ids (some coalesced), nothing waiting, policy
 refusals, rate limits, backend failures, malformed arguments, plus reload
 records. Then times the real command (a subprocess, as an admin runs it) for
-the full summary and for the usual questions (yesterday, one network, one
-target). DESIGN/issue goal: 1,000,000 lines summarised in < 5 s.
+the full summary and for the usual questions (the last day of the trail, one
+network, one target). DESIGN/issue goal: 1,000,000 lines summarised in < 5 s.
+
+With ``--baseline``, the python of another checkout's venv (main, say) runs
+every query too, alternating with this one (who goes first alternates as well)
+``--pairs`` times: medians and ranges of both, the load average, and whether
+both printed the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import random
@@ -29,6 +36,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import median
 
 from etrn_bridge.audit import request_record, timestamp
 from etrn_bridge.replies import reply_for
@@ -103,9 +111,12 @@ def write_trail(directory: Path, lines: int, days: int) -> None:
                 serial += 1
 
 
-def timed(directory: Path, *arguments: str) -> tuple[float, float, str]:
-    """Wall and CPU seconds of one run of the real command, and its stderr summary."""
-    command = [sys.executable, "-m", "etrn_bridge", "audit", "--file", "audit.jsonl"]
+def timed(
+    directory: Path, *arguments: str, python: str = sys.executable
+) -> tuple[float, float, str, str]:
+    """Wall and CPU seconds of one run of the real command, its stderr summary and
+    a digest of what it printed."""
+    command = [python, "-m", "etrn_bridge", "audit", "--file", "audit.jsonl"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
@@ -116,7 +127,54 @@ def timed(directory: Path, *arguments: str) -> tuple[float, float, str]:
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     rows = done.stdout.count("\n")
     note = done.stderr.strip().splitlines()[0] if done.stderr else f"exit {done.returncode}"
-    return wall, cpu, f"{rows} rows; {note.removeprefix('etrn-bridge audit: ')}"
+    digest = hashlib.sha256(done.stdout.encode()).hexdigest()[:12]
+    return wall, cpu, f"{rows} rows; {note.removeprefix('etrn-bridge audit: ')}", digest
+
+
+def queries(directory: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """The usual questions. "24h" and "7d" count back from the trail's last record,
+    not from now: a kept trail ages, and both sides of an A/B must see one bound."""
+    with (directory / "audit.jsonl").open("rb") as live:
+        live.seek(max(0, live.seek(0, os.SEEK_END) - 65536))
+        end = datetime.fromisoformat(json.loads(live.read().splitlines()[-1])["ts"])
+    day, week = (timestamp(end - timedelta(days=days)) for days in (1, 7))
+    return [
+        ("full summary", ()),
+        ("full summary --json", ("--json",)),
+        ("--since 24h", ("--since", day)),
+        ("--client 127.3.0.0/16", ("--client", "127.3.0.0/16")),
+        ("--target customer42.example", ("--target", "customer42.example")),
+        ("--status failed --since 7d", ("--status", "failed", "--since", week)),
+    ]
+
+
+def compare(directory: Path, baseline: str, pairs: int) -> None:
+    """Every query by ``baseline`` and by this python, interleaved (A/B)."""
+    runs: dict[tuple[str, str], list[tuple[float, float, str]]] = {}
+    loads = []
+    for pair in range(pairs):
+        for label, arguments in queries(directory):
+            both = [("base", baseline), ("this", sys.executable)]
+            for name, python in both if pair % 2 == 0 else both[::-1]:
+                wall, cpu, _, digest = timed(directory, *arguments, python=python)
+                runs.setdefault((label, name), []).append((wall, cpu, digest))
+            loads.append(os.getloadavg()[0])
+        print(f"pair {pair + 1} done, load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"{pairs} pairs; load average during them {min(loads):.2f}-{max(loads):.2f}")
+    print(
+        f"{'query':30} {'baseline wall (range)':>24} {'this wall (range)':>24}  CPU base/this  same"
+    )
+    for label, _ in queries(directory):
+        cells = []
+        for name in ("base", "this"):
+            walls = [run[0] for run in runs[label, name]]
+            cells.append(f"{median(walls):6.2f} ({min(walls):.2f}-{max(walls):.2f})")
+        cpus = [median(run[1] for run in runs[label, name]) for name in ("base", "this")]
+        same = {run[2] for run in runs[label, "base"] + runs[label, "this"]}
+        print(
+            f"{label:30} {cells[0]:>24} {cells[1]:>24}  {cpus[0]:5.2f}/{cpus[1]:5.2f}"
+            f"  {'yes' if len(same) == 1 else 'NO'}"
+        )
 
 
 def json_loads_reference(directory: Path) -> float:
@@ -136,6 +194,8 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="write the files here and keep them (reused when present)"
     )
+    parser.add_argument("--baseline", help="python of another checkout's venv, timed A/B")
+    parser.add_argument("--pairs", type=int, default=3, help="A/B runs of each query")
     args = parser.parse_args()
     directory = args.keep or Path(tempfile.mkdtemp(prefix="audit-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -149,15 +209,11 @@ def main() -> None:
             f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; json.loads of one "
             f"record: {json_loads_reference(directory):.1f} us (x lines = a parse-everything floor)"
         )
-        for label, arguments in (
-            ("full summary", ()),
-            ("full summary --json", ("--json",)),
-            ("--since 24h", ("--since", "24h")),
-            ("--client 127.3.0.0/16", ("--client", "127.3.0.0/16")),
-            ("--target customer42.example", ("--target", "customer42.example")),
-            ("--status failed --since 7d", ("--status", "failed", "--since", "7d")),
-        ):
-            wall, cpu, note = timed(directory, *arguments)
+        if args.baseline:
+            compare(directory, args.baseline, args.pairs)
+            return
+        for label, arguments in queries(directory):
+            wall, cpu, note, _ = timed(directory, *arguments)
             print(f"{label:30} {wall:6.2f} s wall {cpu:6.2f} s CPU   {note}")
     finally:
         if args.keep is None:

@@ -9,9 +9,7 @@ its key path, all of them at once.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import yaml
 from etrn_bridge import bulkschema, defaults
 from etrn_bridge.admission import ConnectionSettings
 from etrn_bridge.backends.base import BackendOptionError, create_backend
+from etrn_bridge.collector import collector_paused
 from etrn_bridge.feeds.settings import MilterSettings, parse_milter
 from etrn_bridge.hookconfig import HookSettings, parse_hooks
 from etrn_bridge.metrics.settings import MetricsSettings
@@ -124,26 +123,8 @@ def load_config(path: str | Path, leftovers: list[Any] | None = None) -> Config:
 
 
 def parse_config(text: str, file: Path, leftovers: list[Any] | None = None) -> Config:
-    with _collector_paused():
+    with collector_paused():
         return _parse_config(text, file, [] if leftovers is None else leftovers)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """A big policy is millions of new objects: the cyclic collector would rescan
-    them all again and again while they are built (a 10,000-entry load spent a
-    second in it, in pauses of up to 0.2 s that stop every thread, sessions
-    included). Nothing built here forms garbage cycles. What was built is then
-    frozen out of later collections: re-enabled with millions of young objects,
-    the collector's next pass over them would stall every thread just the same."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
 
 
 def _parse_config(text: str, file: Path, leftovers: list[Any]) -> Config:

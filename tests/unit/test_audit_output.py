@@ -19,20 +19,24 @@ NAMES = [
     ("127.0.0.3", "evil\x1b[2J\x00"),
     ("127.0.0.4", "caf\u00e9\u2028\U0001f600"),
     ("127.0.0.5\t", "a\nb"),
+    # As pairs, "127.0.0.5" sorts first; as "client NUL target" strings it would not.
+    ("127.0.0.5", "z.example"),
+    ("127.0.0.5\x00y", "a"),
 ]
 
 
 def summary(names: list[tuple[str, str]]) -> Summary:
     result = Summary()
     for number, key in enumerate(reversed(names)):
-        row = result.rows[key] = Row()
-        row.add("allowed", 10**number, number, f"2026-11-29T10:00:0{number}.000Z")
-        row.add("denied", number, 0, "2026-11-28T10:00:00.000Z")
+        # Counts of different widths, one negative (a hostile "pending" is any int).
+        allowed, denied, messages = 10**number, number, number - 1
+        seen = f"2026-11-29T10:00:0{number}.000Z"
+        result.rows[key] = Row(allowed + denied, allowed, denied, 0, 0, messages, seen)
     return result
 
 
 def rows_in_order(source: Summary) -> list[tuple[object, ...]]:
-    return [(*key, *row.values()) for key, row in sorted(source.rows.items())]
+    return [(*key, *row) for key, row in sorted(source.rows.items())]
 
 
 def reference_table(source: Summary) -> str:
@@ -61,7 +65,7 @@ def test_json_lines_equal_json_dumps_of_each_row() -> None:
 
 
 def test_table_equals_formatting_each_line() -> None:
-    for names in (NAMES, NAMES[:4]):  # with and without unprintable cells
+    for names in (NAMES, NAMES[:4]):  # with and without unprintable cells, NUL
         source = summary(names)
         assert _table(source) == reference_table(source)
     printed = _table(summary(NAMES))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,7 @@ def gzip_file(path: Path, records: list[dict[str, Any] | bytes]) -> Path:
 
 def summary_rows(files: list[Path], query: Query | None = None) -> dict[tuple[str, str], tuple]:
     summary = auditquery.summarise(files, query or Query())
-    return {key: row.values() for key, row in summary.rows.items()}
+    return {key: tuple(row) for key, row in summary.rows.items()}
 
 
 # The reference: every line through json.loads, counted the simple way.
@@ -180,9 +182,10 @@ def test_writer_records_take_the_fast_path() -> None:
     data = b"".join(
         json.dumps(r, ensure_ascii=True, separators=(",", ":")).encode() + b"\n" for r in records
     )
-    rows = auditquery._LAYOUT.findall(data)
+    rows = auditquery._LAYOUT.findall(data, 0, len(data) - 1)
     assert len(rows) == len(records)
     assert [row[3] for row in rows] == [b""] * len(records)
+    assert all(row[2].startswith(b'"target":') for row in rows)
 
 
 def test_fast_path_equals_json_loads_reading(tmp_path: Path) -> None:
@@ -215,7 +218,7 @@ def test_fast_path_equals_json_loads_reading(tmp_path: Path) -> None:
     summary = auditquery.summarise([path], Query())
     expected_rows, expected_malformed = reference(path.read_bytes().split(b"\n"))
 
-    assert {k: list(r.values()) for k, r in summary.rows.items()} == expected_rows
+    assert {k: list(r) for k, r in summary.rows.items()} == expected_rows
     assert summary.malformed.count == expected_malformed
     assert summary.malformed.count >= len(HOSTILE_LINES) - 1  # all but the empty line
     # The repeated key counts as json.loads reads it: a denied request.
@@ -228,8 +231,8 @@ def test_block_boundaries_do_not_change_anything(tmp_path: Path, monkeypatch) ->
     whole = auditquery.summarise([path], Query())
     monkeypatch.setattr(auditquery, "BLOCK_BYTES", 97)  # shorter than one line
     cut = auditquery.summarise([path], Query())
-    assert {k: r.values() for k, r in cut.rows.items()} == {
-        k: r.values() for k, r in whole.rows.items()
+    assert {k: tuple(r) for k, r in cut.rows.items()} == {
+        k: tuple(r) for k, r in whole.rows.items()
     }
     assert cut.lines == whole.lines == 401
     assert cut.malformed.first == whole.malformed.first == f"{path}:201"
@@ -373,8 +376,8 @@ def test_raw_line_prefilter_changes_nothing_but_speed(
     monkeypatch.setattr(auditquery._LinePrefilter, "apply", lambda self, data: data)
     unfiltered = auditquery.summarise([path], query)
     assert filtered.matched == unfiltered.matched > 0
-    assert {k: r.values() for k, r in filtered.rows.items()} == {
-        k: r.values() for k, r in unfiltered.rows.items()
+    assert {k: tuple(r) for k, r in filtered.rows.items()} == {
+        k: tuple(r) for k, r in unfiltered.rows.items()
     }
 
 
@@ -384,3 +387,157 @@ def test_the_first_malformed_line_is_named_by_its_own_number(tmp_path: Path) -> 
     summary = auditquery.summarise([path], Query())
     assert summary.malformed.count == 2
     assert summary.malformed.first == f"{path}:2"
+
+
+def trail_in_pieces(tmp_path: Path) -> list[Path]:
+    """Three rotated files with hostile lines spread through them, a truncated .gz,
+    a line longer than the blocks, and a live file whose last line is unfinished."""
+    records: list[dict[str, Any] | bytes] = [
+        etrn(
+            f"127.0.{i % 7}.1",
+            f"c{i % 5}.example",
+            [Status.PENDING_STARTED, Status.DENIED, Status.FAILED][i % 3],
+            pending=i % 4,
+            coalesced=i % 6 == 0,
+            ts=f"2026-11-29T10:{i // 60:02d}:{i % 60:02d}.000Z",
+        )
+        for i in range(120)
+    ]
+    hostile = [*HOSTILE_LINES[1:4], *hostile_variants()]
+    mixed: list[dict[str, Any] | bytes] = []
+    for number, record in enumerate(records):
+        mixed.append(record)
+        if number % 6 == 5:
+            mixed.append(hostile[number // 6 % len(hostile)])
+    long = etrn(helo="h" * 3000, ts="2026-11-29T11:00:00.000Z")
+    live = write(tmp_path / "audit.jsonl", [*mixed[:40], long, *mixed[40:80]])
+    with live.open("ab") as unfinished:
+        unfinished.write(json.dumps(etrn(ts="2026-11-29T12:00:00.000Z")).encode()[:-9])
+    write(tmp_path / "audit.jsonl.1", [*mixed[80:], b"", *mixed[:30]])
+    gzip_file(tmp_path / "audit.jsonl.2.gz", mixed[30:100])
+    broken = gzip_file(tmp_path / "audit.jsonl.3.gz", mixed[:60])
+    broken.write_bytes(broken.read_bytes()[:-30])
+    return audit_files(live)
+
+
+def everything(summary: auditquery.Summary) -> tuple[object, ...]:
+    rows = {key: tuple(row) for key, row in summary.rows.items()}
+    malformed = (summary.malformed.count, summary.malformed.first)
+    return rows, summary.lines, summary.matched, malformed, summary.unreadable
+
+
+@pytest.mark.parametrize("query", [Query(), Query(statuses=frozenset({"denied", "failed"}))])
+def test_files_read_in_ranges_and_processes_count_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: Query
+) -> None:
+    files = trail_in_pieces(tmp_path)
+    monkeypatch.setattr(auditquery, "BLOCK_BYTES", 700)  # some lines are longer
+    whole = auditquery.summarise(files, query)  # one piece per file: how it was always read
+    assert len(auditquery._pieces(files, {})) == len(files)
+    assert whole.matched > 0 and whole.malformed.count > 5 and len(whole.unreadable) == 1
+    monkeypatch.setattr(auditquery, "PARALLEL_BYTES", 0)
+    # Ranges that end on every kind of byte, shorter than a line, about a line, many lines.
+    for piece_bytes in (7, 97, 613, 4000):
+        monkeypatch.setattr(auditquery, "PIECE_BYTES", piece_bytes)
+        assert len(auditquery._pieces(files, {})) > len(files)
+        for workers in (1, 2):
+            assert everything(auditquery.summarise(files, query, workers)) == everything(whole), (
+                piece_bytes,
+                workers,
+            )
+
+
+def test_a_malformed_line_in_a_later_range_is_named_by_its_line_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "audit.jsonl.1", [etrn()] * 50)
+    live = write(tmp_path / "audit.jsonl", [*[etrn()] * 300, b"garbage", etrn(), b"more"])
+    monkeypatch.setattr(auditquery, "PIECE_BYTES", 1000)
+    monkeypatch.setattr(auditquery, "PARALLEL_BYTES", 0)
+    for workers in (1, 2):
+        summary = auditquery.summarise(audit_files(live), Query(), workers)
+        assert (summary.malformed.count, summary.malformed.first) == (2, f"{live}:301")
+        assert summary.lines == 353
+
+
+def test_pieces_are_shared_out_among_the_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "audit.jsonl", [etrn(f"127.0.0.{i % 9 + 1}") for i in range(400)])
+    readers = tmp_path / "readers"
+    read = auditquery._Reader.read
+
+    def read_slowly(self: auditquery._Reader, number: int, piece: auditquery.Piece) -> None:
+        with readers.open("a") as log:  # the file is shared across fork, a list is not
+            log.write(f"{os.getpid()}\n")
+        time.sleep(0.01)  # so that every process takes some pieces
+        read(self, number, piece)
+
+    monkeypatch.setattr(auditquery._Reader, "read", read_slowly)
+    monkeypatch.setattr(auditquery, "PIECE_BYTES", 2000)
+    monkeypatch.setattr(auditquery, "PARALLEL_BYTES", 0)
+    summary = auditquery.summarise([path], Query(), workers=2)
+    assert summary.rows["127.0.0.1", "acme.example"].requests == 45
+    assert summary.matched == summary.lines == 400
+    taken = readers.read_text().split()
+    assert len(taken) == len(auditquery._pieces([path], {})) > 2
+    assert len(set(taken)) == 2 and str(os.getpid()) in taken
+
+
+def test_a_reading_process_that_fails_fails_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "audit.jsonl", [etrn()] * 100)
+    parent = os.getpid()
+    finish = auditquery._Reader.finish
+
+    def finish_or_fail(self: auditquery._Reader) -> auditquery._Part:
+        if os.getpid() != parent:
+            os._exit(3)  # as if killed: no result comes back
+        return finish(self)
+
+    monkeypatch.setattr(auditquery._Reader, "finish", finish_or_fail)
+    monkeypatch.setattr(auditquery, "PIECE_BYTES", 1000)
+    monkeypatch.setattr(auditquery, "PARALLEL_BYTES", 0)
+    with pytest.raises(RuntimeError, match="status 3"):
+        auditquery.summarise([path], Query(), workers=2)
+
+
+def test_last_seen_is_the_latest_time_even_out_of_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock set back, or rotated files named out of order: the latest time wins,
+    # as json.loads reads it, however the lines fall in blocks, ranges and processes.
+    minutes = [7, 3, 9, 1, 8, 2, 9, 0, 5, 4, 6, 3] * 25
+    records: list[dict[str, Any] | bytes] = [
+        etrn(f"127.0.0.{i % 3 + 1}", f"c{i % 2}.example", ts=f"2026-11-29T10:0{m}:00.{i:03d}Z")
+        for i, m in enumerate(minutes)
+    ]
+    records[100:100] = [etrn("127.0.0.9", ts=""), etrn("127.0.0.9", ts="")]  # any string
+    path = write(tmp_path / "audit.jsonl", records)
+    expected, _ = reference(path.read_bytes().split(b"\n"))
+    monkeypatch.setattr(auditquery, "PARALLEL_BYTES", 0)
+    for block_bytes, piece_bytes, workers in (
+        (1 << 22, 1 << 25, 1),
+        (900, 3000, 1),
+        (900, 3000, 2),
+    ):
+        monkeypatch.setattr(auditquery, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(auditquery, "PIECE_BYTES", piece_bytes)
+        summary = auditquery.summarise([path], Query(), workers)
+        assert {k: list(r) for k, r in summary.rows.items()} == expected
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 22, 50])
+def test_every_line_is_counted_empty_ones_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int
+) -> None:
+    monkeypatch.setattr(auditquery, "BLOCK_BYTES", block_bytes)
+    path = write(tmp_path / "audit.jsonl", [b"", b"", etrn(), b"", b"", b"", b"\r", b" ", etrn()])
+    with path.open("ab") as unfinished:
+        unfinished.write(b"\n\n{")
+    for query in (Query(), Query(statuses=frozenset({"denied"}))):
+        summary = auditquery.summarise([path], query)
+        assert summary.lines == path.read_bytes().count(b"\n") + 1
+    assert summary.malformed.count == 1  # "{"; the blank ones are skipped, not malformed
+    assert auditquery.summarise([path], Query()).matched == 2
