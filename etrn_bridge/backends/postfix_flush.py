@@ -5,8 +5,9 @@ Protocol (Postfix 3.x global/flush_clnt.c, mail_command_client(); checked on 3.7
 the server announces ``protocol=queue_flush_protocol``, the client sends
 ``request=send_site`` and ``site=<domain>``, the server answers ``status=<n>``.
 Framing is attr_print0: ``name NUL value NUL`` per attribute, one more NUL ends
-a group. Everything the socket sends back is checked; anything unexpected is a
-failure, never a success.
+a group. The request is written at once, ahead of the announcement (a unix
+stream socket buffers it until flush(8) reads it). Everything the socket sends
+back is checked; anything unexpected is a failure, never a success.
 """
 
 from __future__ import annotations
@@ -51,11 +52,17 @@ async def send_site(path: str, site: str, timeout: float) -> FlushReply:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(path, limit=MAX_REPLY_BYTES)
             try:
+                # The request goes out with the connection, before the announcement
+                # is read: flush(8) reads it once it has announced itself, and never
+                # sits idle waiting for this process's next event-loop turn (under a
+                # flood of ETRN that turn comes late, and flush(8)'s processes are
+                # what every ETRN queues for). Nothing counts as a success unless
+                # the announcement, read next, names the flush protocol.
+                writer.write(encode({"request": REQUEST_SEND_SITE, "site": site}))
+                await writer.drain()
                 announced = decode(await reader.readuntil(b"\0\0"))
                 if announced.get("protocol") != PROTOCOL:
                     return FlushReply(None, f"{path}: not the flush service: {announced}")
-                writer.write(encode({"request": REQUEST_SEND_SITE, "site": site}))
-                await writer.drain()
                 status = decode(await reader.readuntil(b"\0\0")).get("status", "")
                 return FlushReply(int(status))
             finally:
