@@ -25,7 +25,7 @@ The load average is printed with each figure. Prints figures, asserts nothing. U
     python bench/queue_scale.py [--queued 20000] [--domains 2000] [--flood 100] [--rounds 5]
                                 [--concurrency N] [--flush-socket] [--pairs N]
                                 [--compare /path/to/other/.venv/bin/python] [--no-listing]
-                                [--keep-queue] [--reuse-queue] [--profile FILE]
+                                [--keep-queue] [--reuse-queue] [--profile FILE] [--workers N]
     python bench/queue_scale.py --small      # 2,000 messages over 200 domains, flood 20
 
 ``--keep-queue`` leaves the queue (and the sink) as they are at the end, and
@@ -242,6 +242,7 @@ class Bridge:
             f'limits: {{per_target: "off", per_client: "off"{flushes}}}\n'
             # The whole flood comes from one address: past the default cap (50) it gets 421.
             f"connections: {{max_sessions_per_client: {2 * args.flood}}}\n"
+            f"workers: {args.workers}\n"
             f"{index_line}"
             "policy:\n  clients:\n    - id: bench\n      networks: [127.0.0.0/8]\n"
             '      targets: ["@customer.test"]\n'
@@ -397,6 +398,7 @@ def bench(args: argparse.Namespace) -> None:
         f"({per_domain} each), flood of {args.flood} ETRN for distinct domains, "
         f"bridge concurrency {args.concurrency or 'default (4)'}, "
         f"indexed bridge flushes with {'the flush socket' if args.flush_socket else 'postqueue -s'}"
+        f", {args.workers} worker(s)"
         f", {args.pairs} round(s) of floods ({load()})"
     )
     prepare_queue(mta, args)
@@ -507,6 +509,9 @@ def main() -> None:
         metavar="PYTHON",
         help="also run an indexed bridge with this interpreter (another checkout's venv), "
         "interleaved with this one",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="the bridges' workers: (serving processes)"
     )
     parser.add_argument("--no-listing", action="store_true", help="no flood without the index")
     parser.add_argument("--keep-queue", action="store_true", help="leave the queue at the end")
