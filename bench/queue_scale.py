@@ -264,6 +264,17 @@ class Bridge:
                 time.sleep(0.05)
         raise RuntimeError(f"bridge did not start: {self.stderr.read_text()}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the bridge and its workers so far."""
+        pids = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids += [int(pid) for pid in children.read_text().split()]
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (proc(5))
+        return total / os.sysconf("SC_CLK_TCK")
+
     def records(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
 
@@ -293,14 +304,28 @@ def wait_reconciled(path: Path) -> float:
     return time.monotonic() - started
 
 
-def report(name: str, times: list[float], codes: list[int], listings: int | str) -> float:
+def report(
+    name: str, times: list[float], codes: list[int], listings: int | str, cpu: float | None = None
+) -> float:
     p50, p99 = percentile(times, 0.5), percentile(times, 0.99)
     replies = {code: codes.count(code) for code in sorted(set(codes))}
+    per_session = "" if cpu is None else f"  bridge CPU {cpu * 1000 / len(times):.2f} ms/session"
     print(
-        f"  {name:22} p50 {p50 * 1000:8.1f} ms  p99 {p99 * 1000:8.1f} ms  "
-        f"max {max(times) * 1000:8.1f} ms  replies {replies}  MTA listings {listings}  ({load()})"
+        f"  {name:23} p50 {p50 * 1000:6.1f} ms  p99 {p99 * 1000:6.1f} ms  "
+        f"max {max(times) * 1000:6.1f} ms  replies {replies}  MTA listings {listings}"
+        f"{per_session}  ({load()})"
     )
     return p99
+
+
+def bridge_flood(bridge: Bridge, name: str, targets: list[str]) -> tuple[float, float]:
+    """A flood through ``bridge``: (p99, its CPU seconds per session: connect, EHLO,
+    ETRN, QUIT; read once the sessions have ended)."""
+    before = bridge.cpu_seconds()
+    times, codes = flood(bridge.port, targets)
+    time.sleep(0.5)
+    cpu = bridge.cpu_seconds() - before
+    return report(name, times, codes, bridge.listings(), cpu), cpu / len(targets)
 
 
 def sink_clear(mta: LabMta) -> None:
@@ -417,9 +442,10 @@ def bench(args: argparse.Namespace) -> None:
 
     p99s: dict[str, list[float]] = {"native": []}
     delivered: dict[str, list[float]] = {"native": []}
+    cpus: dict[str, list[float]] = {}
     try:
         for bridge in bridges:
-            p99s[bridge.name], delivered[bridge.name] = [], []
+            p99s[bridge.name], delivered[bridge.name], cpus[bridge.name] = [], [], []
         for pair in range(args.pairs):
             order = bridges if pair % 2 == 0 else bridges[::-1]
             wait_idle()
@@ -428,10 +454,9 @@ def bench(args: argparse.Namespace) -> None:
             )
             for bridge in order:
                 wait_idle()
-                times, codes = flood(bridge.port, take(args.flood))
-                p99s[bridge.name].append(
-                    report(f"bridge, index ({bridge.name})", times, codes, bridge.listings())
-                )
+                p99, cpu = bridge_flood(bridge, f"bridge, index ({bridge.name})", take(args.flood))
+                p99s[bridge.name].append(p99)
+                cpus[bridge.name].append(cpu)
         for r in range(args.rounds):
             ports = [("native", native_port)] + [(b.name, b.port) for b in bridges]
             for name, port in ports if r % 2 == 0 else ports[::-1]:
@@ -444,8 +469,7 @@ def bench(args: argparse.Namespace) -> None:
         wait_idle()
         bridge = Bridge(mta, None, "listing", args)
         try:
-            times, codes = flood(bridge.port, take(args.flood))
-            listing_p99 = report("bridge, no index", times, codes, bridge.listings())
+            listing_p99, _ = bridge_flood(bridge, "bridge, no index", take(args.flood))
         finally:
             bridge.stop()
     native_p99 = statistics.median(p99s["native"])
@@ -456,7 +480,9 @@ def bench(args: argparse.Namespace) -> None:
         print(
             f"  p99 ratio to Postfix's own, index ({name}): "
             f"median {statistics.median(ratios):.2f}x "
-            f"(per round {', '.join(f'{x:.2f}' for x in ratios)})"
+            f"(per round {', '.join(f'{x:.2f}' for x in ratios)}); bridge CPU per session "
+            f"median {statistics.median(cpus[name]) * 1000:.2f} ms "
+            f"({', '.join(f'{x * 1000:.2f}' for x in cpus[name])})"
         )
     if listing_p99 is not None:
         print(f"  p99 ratio to Postfix's own, no index: {listing_p99 / native_p99:.1f}x")
