@@ -127,18 +127,23 @@ def wait_deferred(mta: LabMta, count: int) -> float:
         time.sleep(2)
 
 
-def queue_manager_busy() -> bool:
-    return any(any((SPOOL / queue).iterdir()) for queue in ("incoming", "active"))
+def queue_manager_state() -> tuple[int, frozenset[str]]:
+    """(files in active/, names in incoming/)."""
+    active = sum(1 for _ in (SPOOL / "active").iterdir())
+    return active, frozenset(path.name for path in (SPOOL / "incoming").iterdir())
 
 
 def wait_idle(timeout: float = 300) -> None:
-    """Until qmgr has nothing in incoming/ or active/ for IDLE_QUIET seconds: the
-    deliveries an earlier flood started are over (and write no more sink files)."""
+    """Until qmgr has nothing in active/ and incoming/ stays unchanged for IDLE_QUIET
+    seconds: the deliveries an earlier flood started are over (and write no more
+    sink files). Files left in incoming/ by a stop are not waited for: qmgr takes
+    them at its next scan (or wakeup), unchanged until then."""
     deadline = time.monotonic() + timeout
-    quiet_since = time.monotonic()
+    quiet_since, seen = time.monotonic(), queue_manager_state()
     while time.monotonic() < deadline:
-        if queue_manager_busy():
-            quiet_since = time.monotonic()
+        state = queue_manager_state()
+        if state[0] or state != seen:
+            quiet_since, seen = time.monotonic(), state
         elif time.monotonic() - quiet_since >= IDLE_QUIET:
             return
         time.sleep(0.05)
@@ -494,7 +499,9 @@ def bench(args: argparse.Namespace) -> None:
             f" (rounds {', '.join(f'{v * 1000:.0f}' for v in values)} ms), ratio to native "
             f"{statistics.median(values) / n:.2f}"
         )
-    if not args.keep_queue:
+    if args.keep_queue:
+        wait_idle()  # nothing left in active/ when Postfix stops
+    else:
         started = time.monotonic()
         mta.script("clear-queue")
         print(f"  queue cleared in {time.monotonic() - started:.1f} s")
