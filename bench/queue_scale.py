@@ -258,6 +258,9 @@ class Bridge:
             [python, *profiler, "-m", "etrn_bridge", "serve", "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=self.stderr.open("w"),
+            # Not the checkout the bench runs from: "-m" puts the working directory
+            # first on sys.path, and each interpreter must import its own checkout.
+            cwd=WORKDIR,
             # The unpacked binaries find their libraries here (the bridge passes it on).
             env={**os.environ, "LD_LIBRARY_PATH": f"{postfix}/root/usr/lib/postfix"},
         )
