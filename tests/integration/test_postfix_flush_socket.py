@@ -82,20 +82,3 @@ async def test_silent_server_times_out(tmp_path: Path) -> None:
 async def test_no_socket_is_a_failure(tmp_path: Path) -> None:
     reply = await send_site(str(tmp_path / "missing"), "customer.test", 1)
     assert reply.status is None and "No such file" in reply.error
-
-
-async def test_request_goes_out_before_the_announcement_is_read(tmp_path: Path) -> None:
-    """flush(8) must not wait for this process's next turn between its announcement and
-    the request: a server that announces only once the request is there still answers."""
-    seen: list[dict[str, str]] = []
-
-    async def request_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(decode(await reader.readuntil(b"\0\0")))
-        writer.write(ANNOUNCE + encode({"status": "0"}))
-        await writer.drain()
-        writer.close()
-
-    async with server(tmp_path, request_first) as path:
-        reply = await send_site(path, "customer.test", 2)
-    assert reply.status == 0 and not reply.error
-    assert seen == [{"request": "send_site", "site": "customer.test"}]
