@@ -26,6 +26,7 @@ The load average is printed with each figure. Prints figures, asserts nothing. U
                                 [--concurrency N] [--flush-socket] [--pairs N]
                                 [--compare /path/to/other/.venv/bin/python] [--no-listing]
                                 [--keep-queue] [--reuse-queue] [--profile FILE] [--workers N]
+                                [--compare-workers N]
     python bench/queue_scale.py --small      # 2,000 messages over 200 domains, flood 20
 
 ``--keep-queue`` leaves the queue (and the sink) as they are at the end, and
@@ -227,6 +228,7 @@ class Bridge:
         python: str = sys.executable,
         port: int = BRIDGE_PORT,
         profile: str | None = None,
+        workers: int | None = None,
     ) -> None:
         postfix = MTA_LAB / "postfix"
         self.name, self.port = name, port
@@ -247,7 +249,7 @@ class Bridge:
             f'limits: {{per_target: "off", per_client: "off"{flushes}}}\n'
             # The whole flood comes from one address: past the default cap (50) it gets 421.
             f"connections: {{max_sessions_per_client: {2 * args.flood}}}\n"
-            f"workers: {args.workers}\n"
+            f"workers: {workers or args.workers}\n"
             f"{index_line}"
             "policy:\n  clients:\n    - id: bench\n      networks: [127.0.0.0/8]\n"
             '      targets: ["@customer.test"]\n'
@@ -398,11 +400,11 @@ def prepare_queue(mta: LabMta, args: argparse.Namespace) -> None:
 
 def start_indexed(mta: LabMta, args: argparse.Namespace) -> list[Bridge]:
     """The indexed bridge(s): this checkout's, and --compare's on the next port."""
-    variants = [("this", sys.executable)]
+    variants = [("this", sys.executable, args.workers)]
     if args.compare:
-        variants.append(("compare", args.compare))
+        variants.append(("compare", args.compare, args.compare_workers or args.workers))
     bridges: list[Bridge] = []
-    for number, (name, python) in enumerate(variants):
+    for number, (name, python, workers) in enumerate(variants):
         index_file = WORKDIR / f"index-{name}.sqlite"
         for leftover in WORKDIR.glob(f"index-{name}.sqlite*"):
             leftover.unlink()
@@ -415,6 +417,7 @@ def start_indexed(mta: LabMta, args: argparse.Namespace) -> list[Bridge]:
             python=python,
             port=BRIDGE_PORT + 1 + number,
             profile=profile,
+            workers=workers,
         )
         bridges.append(bridge)
         wait_reconciled(index_file)
@@ -432,6 +435,7 @@ def bench(args: argparse.Namespace) -> None:
         f"bridge concurrency {args.concurrency or 'default (4)'}, "
         f"indexed bridge flushes with {'the flush socket' if args.flush_socket else 'postqueue -s'}"
         f", {args.workers} worker(s)"
+        f"{f' (--compare: {args.compare_workers})' if args.compare_workers else ''}"
         f", {args.pairs} round(s) of floods ({load()})"
     )
     prepare_queue(mta, args)
@@ -548,6 +552,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="the bridges' workers: (serving processes)"
+    )
+    parser.add_argument(
+        "--compare-workers", type=int, help="workers of the --compare bridge (default: --workers)"
     )
     parser.add_argument("--no-listing", action="store_true", help="no flood without the index")
     parser.add_argument("--keep-queue", action="store_true", help="leave the queue at the end")
