@@ -399,7 +399,8 @@ class MtaBackend(ABC):
                 return failure(failed)
         result = await self.flush_selected(target, selection.queue_ids)
         if result.started and self._marks is not None:
-            self._marks.add(selection.queue_ids)
+            # Shielded: the write is shared with the other flushes of this loop turn.
+            await asyncio.shield(self._marks.add(selection.queue_ids))
         return replace(result, shared=selection.shared, selected_from=source)
 
     async def run_each(
@@ -447,29 +448,38 @@ class FlushedMarks:
 
     One write transaction per event-loop turn for every flush that ended in it: under
     a flood, a transaction per flush rewrote the same index pages over and over.
-    Until written, the backend's selections leave the ids out. A failed write costs
-    only that they may be counted once more: the flushes have started.
+    Each flush returns once its ids are written (other processes, the milter's
+    quota, see them); until then the backend's selections leave them out. A failed
+    write costs only that they may be counted once more: the flushes have started.
     """
 
     def __init__(self, index: QueueIndex) -> None:
         self.index = index
         self.pending: set[str] = set()
+        self._written: asyncio.Future[None] | None = None
 
-    def add(self, queue_ids: Iterable[str]) -> None:
-        if not self.pending:
-            asyncio.get_running_loop().call_soon(self.write)
+    def add(self, queue_ids: Iterable[str]) -> asyncio.Future[None]:
+        """Done when these ids are written (or the write failed)."""
+        if self._written is None:
+            loop = asyncio.get_running_loop()
+            self._written = loop.create_future()
+            loop.call_soon(self.write)
         self.pending.update(queue_ids)
+        return self._written
 
     def write(self) -> None:
         queue_ids, self.pending = self.pending, set()
-        if not queue_ids:
-            return
+        written, self._written = self._written, None
         try:
-            # Waits only briefly for the write lock: a reconciliation holding it
-            # must not stall the event loop.
-            self.index.mark_flushed(sorted(queue_ids), busy_timeout_ms=MARK_BUSY_TIMEOUT_MS)
+            if queue_ids:
+                # Waits only briefly for the write lock: a reconciliation holding it
+                # must not stall the event loop.
+                self.index.mark_flushed(sorted(queue_ids), busy_timeout_ms=MARK_BUSY_TIMEOUT_MS)
         except sqlite3.Error as exc:
             log.warning("queue index %s: flushed ids not marked (%s)", self.index.path, exc)
+        finally:
+            if written is not None and not written.done():
+                written.set_result(None)
 
 
 def _queued(message: IndexedMessage) -> QueuedMessage:

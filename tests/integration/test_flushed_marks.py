@@ -59,15 +59,19 @@ async def test_concurrent_flushes_are_marked_together_and_never_counted_twice(
     server = await asyncio.start_unix_server(flush_service, str(socket))
     backend, setup = indexed_backend(tmp_path, socket)
     try:
-        results = await asyncio.gather(*(backend.flush(parse_target(d)) for d in DOMAINS))
-        assert [r.pending for r in results] == [3, 3, 3]
+        flushes = [asyncio.ensure_future(backend.flush(parse_target(d))) for d in DOMAINS]
+        while not backend._marks or not backend._marks.pending:
+            await asyncio.sleep(0)  # until the first flush has ended
         # Before the marks reach the file, the backend already leaves those ids out.
+        assert writes(setup.path) == 0
         assert await backend.pending(parse_target("a.test")) == 0
-        assert (await backend.flush(parse_target("b.test"))).pending == 0  # 251: nothing run
-        await asyncio.sleep(0)  # the next loop turn writes them
+        results = await asyncio.gather(*flushes)
+        assert [r.pending for r in results] == [3, 3, 3]
+        # Each flush returned once its ids were in the file: others see them.
         assert writes(setup.path) == 9
         assert setup.select(parse_target("c.test")) == []
-        assert backend._marks is not None and not backend._marks.pending
+        assert (await backend.flush(parse_target("b.test"))).pending == 0  # 251: nothing run
+        assert not backend._marks.pending
     finally:
         server.close()
         await server.wait_closed()
@@ -83,9 +87,8 @@ async def test_a_locked_index_costs_only_the_marks(tmp_path: Path) -> None:
     other = sqlite3.connect(setup.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # a reconciliation holding the write lock
     try:
-        result = await backend.flush(parse_target("a.test"))
+        result = await backend.flush(parse_target("a.test"))  # the mark gives up soon
         assert result.started and result.pending == 3
-        await asyncio.sleep(0.3)  # the mark gave up after its short wait
         assert backend._marks is not None and not backend._marks.pending
         other.execute("ROLLBACK")
         assert writes(setup.path) == 0  # not marked: counted again, never a failure
