@@ -29,6 +29,12 @@ The load average is printed with each figure. Prints figures, asserts nothing. U
                                 [--compare-workers N]
     python bench/queue_scale.py --small      # 2,000 messages over 200 domains, flood 20
 
+Measured on the shared 2-core lab machine: with the same code in both slots the
+first bridge (this checkout's) answered slower than the --compare one, so run an
+A/B both ways round (this bench under the other checkout's interpreter, with
+``--compare`` naming this one) and compare the bridge CPU per session, which the
+load of other jobs moves much less than the reply times.
+
 ``--keep-queue`` leaves the queue (and the sink) as they are at the end, and
 ``--reuse-queue`` starts from such a queue: no injection, and the floods take
 only domains whose mail is all still deferred (a 100,000-message queue takes
