@@ -40,6 +40,8 @@ SCHEMA_VERSION = 1
 # Seconds a claimed reconciliation may take before another process may claim it
 # again (the claimer died, or its listing failed); a finished one waits the period.
 RECONCILE_LEASE = 600.0
+# Between attempts to switch a new file to WAL while another process holds a lock.
+WAL_RETRY_SECONDS = 0.01
 # Stored for recipients without a usable domain: never selected, still listed.
 NO_DOMAIN = ""
 
@@ -118,7 +120,7 @@ class QueueIndex:
             check_same_thread=False,  # shared under self._lock
         )
         db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        db.execute("PRAGMA journal_mode = WAL")
+        _use_wal(db, self._busy_timeout_ms / 1000)
         # WAL + NORMAL: a power cut may lose the last transactions, never corrupt
         # the file; the next reconciliation restores what was lost.
         db.execute("PRAGMA synchronous = NORMAL")
@@ -300,6 +302,21 @@ class QueueIndex:
                 _upsert(db, message, listing_began)
             _set_meta(db, RECONCILED, listing_began)
         return ReconcileResult(added, updated, removed)
+
+
+def _use_wal(db: sqlite3.Connection, patience: float) -> None:
+    """WAL mode, set by whoever creates the file. Switching takes a lock that fails at
+    once when another process holds one ("database is locked": the busy handler does
+    not cover it; two processes opening a new file at once met it), so it is retried
+    for up to ``patience`` seconds; once the file is in WAL mode, reading says so."""
+    deadline = time.monotonic() + patience
+    while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_RETRY_SECONDS)
 
 
 def _upsert(db: sqlite3.Connection, message: IndexedMessage, recorded: float) -> None:
