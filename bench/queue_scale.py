@@ -448,11 +448,12 @@ def bench(args: argparse.Namespace) -> None:
     started = time.monotonic()
     fresh = fresh_domains(mta, args, per_domain)
     print(f"  one postqueue -j of the whole queue: {time.monotonic() - started:.2f} s")
-    bridges = start_indexed(mta, args)
-    floods_needed = args.pairs * (1 + len(bridges)) + (not args.no_listing)
-    needed = floods_needed * args.flood + args.rounds * (1 + len(bridges))
+    variants = 2 if args.compare else 1
+    floods_needed = args.pairs * (1 + variants) + (not args.no_listing)
+    needed = floods_needed * args.flood + args.rounds * (1 + variants)
     if len(fresh) < needed:
         raise SystemExit(f"only {len(fresh)} domains are still all deferred, {needed} needed")
+    bridges = start_indexed(mta, args)
     pool = iter(fresh)
 
     def take(count: int) -> list[str]:
