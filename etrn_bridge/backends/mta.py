@@ -253,15 +253,16 @@ class MtaBackend(ABC):
         self.listings: SharedListing[QueueListing] = SharedListing(
             float(options.get("listing_max_age", DEFAULT_LISTING_MAX_AGE))
         )
-        # Set by use_index(): nodes and @nodes are then selected from it.
+        # Set by use_index(): nodes and @nodes are then selected from it, and the
+        # flushed ids are marked in it (through the same connection: a commit by
+        # another connection of this process would throw away the page cache of the
+        # one that selects, and the next select would read its pages again).
         self.index: QueueIndex | None = None
-        self._index_marks: QueueIndex | None = None
+        self._marks: FlushedMarks | None = None
 
     def use_index(self, index: QueueIndex) -> None:
         self.index = index
-        # Marks go through a connection of their own that waits only briefly for the
-        # write lock: a reconciliation holding it must not stall the event loop.
-        self._index_marks = QueueIndex(index.path, busy_timeout_ms=MARK_BUSY_TIMEOUT_MS)
+        self._marks = FlushedMarks(index)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Self:
@@ -367,7 +368,8 @@ class MtaBackend(ABC):
         except sqlite3.Error as exc:
             log.warning("queue index %s unusable (%s): listing the queue", self.index.path, exc)
             return None
-        return [_queued(message) for message in found]
+        marking = self._marks.pending if self._marks is not None else frozenset()
+        return [_queued(message) for message in found if message.queue_id not in marking]
 
     async def pending(self, target: Target) -> int | None:
         try:
@@ -396,18 +398,10 @@ class MtaBackend(ABC):
             if failed is not None:
                 return failure(failed)
         result = await self.flush_selected(target, selection.queue_ids)
-        if result.started and self._index_marks is not None:
-            self._forget_flushed(self._index_marks, selection.queue_ids)
+        if result.started and self._marks is not None:
+            # Shielded: the write is shared with the other flushes of this loop turn.
+            await asyncio.shield(self._marks.add(selection.queue_ids))
         return replace(result, shared=selection.shared, selected_from=source)
-
-    @staticmethod
-    def _forget_flushed(marks: QueueIndex, queue_ids: tuple[str, ...]) -> None:
-        """Flushed ids are not counted again; one deferred again returns with the next
-        reconciliation. A failure here costs only that: the flush has started."""
-        try:
-            marks.mark_flushed(queue_ids)
-        except sqlite3.Error as exc:
-            log.warning("queue index %s: flushed ids not marked (%s)", marks.path, exc)
 
     async def run_each(
         self, argvs: Iterable[Sequence[str]], timeout: float | None = None
@@ -446,6 +440,46 @@ class MtaBackend(ABC):
     @abstractmethod
     async def check_setup(self, user: str, targets: list[Target]) -> list[Finding]:
         """May ``user`` flush, and is the MTA's own ETRN off."""
+
+
+class FlushedMarks:
+    """Flushed ids on their way into the index, so they are not counted again (one
+    deferred again returns with the next reconciliation).
+
+    One write transaction per event-loop turn for every flush that ended in it: under
+    a flood, a transaction per flush rewrote the same index pages over and over.
+    Each flush returns once its ids are written (other processes, the milter's
+    quota, see them); until then the backend's selections leave them out. A failed
+    write costs only that they may be counted once more: the flushes have started.
+    """
+
+    def __init__(self, index: QueueIndex) -> None:
+        self.index = index
+        self.pending: set[str] = set()
+        self._written: asyncio.Future[None] | None = None
+
+    def add(self, queue_ids: Iterable[str]) -> asyncio.Future[None]:
+        """Done when these ids are written (or the write failed)."""
+        if self._written is None:
+            loop = asyncio.get_running_loop()
+            self._written = loop.create_future()
+            loop.call_soon(self.write)
+        self.pending.update(queue_ids)
+        return self._written
+
+    def write(self) -> None:
+        queue_ids, self.pending = self.pending, set()
+        written, self._written = self._written, None
+        try:
+            if queue_ids:
+                # Waits only briefly for the write lock: a reconciliation holding it
+                # must not stall the event loop.
+                self.index.mark_flushed(sorted(queue_ids), busy_timeout_ms=MARK_BUSY_TIMEOUT_MS)
+        except sqlite3.Error as exc:
+            log.warning("queue index %s: flushed ids not marked (%s)", self.index.path, exc)
+        finally:
+            if written is not None and not written.done():
+                written.set_result(None)
 
 
 def _queued(message: IndexedMessage) -> QueuedMessage:

@@ -111,10 +111,11 @@ class QueueIndex:
     # -- connection ------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        # Opening meets SQLITE_BUSY without the busy handler when another process
-        # closes its last connection at that moment (checkpoint on close; seen as
-        # "database is locked" at PRAGMA journal_mode with two writers starting):
-        # retried here within the same busy timeout.
+        # Opening meets SQLITE_BUSY without the busy handler at PRAGMA journal_mode
+        # when another process holds a lock at that moment (two processes opening
+        # a new file, or one closing its last connection and checkpointing; the
+        # two-writer test met it about once in 6-40 runs): retried here within the
+        # same busy timeout.
         deadline = time.monotonic() + self._busy_timeout_ms / 1000
         while True:
             try:
@@ -158,16 +159,23 @@ class QueueIndex:
             yield self._connection
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE: no upgrade deadlock)."""
+    def _write(self, busy_timeout_ms: int | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE: no upgrade deadlock);
+        ``busy_timeout_ms``: wait this long for another writer instead of the index's own."""
         with self._locked() as db:
-            db.execute("BEGIN IMMEDIATE")
+            if busy_timeout_ms is not None:
+                db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                if busy_timeout_ms is not None:
+                    db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
 
     def close(self) -> None:
         with self._lock:
@@ -195,14 +203,15 @@ class QueueIndex:
         with self._write() as db:
             db.execute("UPDATE message SET held = ? WHERE queue_id = ?", (int(held), queue_id))
 
-    def mark_flushed(self, queue_ids: Iterable[str]) -> None:
+    def mark_flushed(self, queue_ids: Iterable[str], *, busy_timeout_ms: int | None = None) -> None:
         """These were just flushed: not selected again until the MTA lists them again.
 
         So a delivered message is never counted twice; one deferred again comes
-        back with the next reconciliation (or the next record()).
+        back with the next reconciliation (or the next record()). ``busy_timeout_ms``:
+        how long to wait for another writer, when not the index's own timeout.
         """
         now = time.time()
-        with self._write() as db:
+        with self._write(busy_timeout_ms) as db:
             db.executemany(
                 "UPDATE message SET flushed = ? WHERE queue_id = ?",
                 ((now, queue_id) for queue_id in queue_ids),

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from etrn_bridge.queueindex.store import IndexedMessage, QueueIndex, reversed_domain
+from etrn_bridge.queueindex.store import (
+    BUSY_TIMEOUT_MS,
+    IndexedMessage,
+    QueueIndex,
+    reversed_domain,
+)
 from etrn_bridge.target import parse_target
 
 
@@ -253,3 +258,26 @@ def test_reconcile_keeps_the_feeds_hold_and_never_takes_one_from_a_listing(
     # A2 is not the index's business: an ETRN must not release the operator's hold.
     held = {m.queue_id: m.held for m in index.select(parse_target("customer.test"))}
     assert held == {"A1": True}
+
+
+def test_a_mark_may_wait_less_than_the_index_and_the_index_keeps_its_own_timeout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "index.sqlite"
+    index = QueueIndex(path)  # its own timeout: long
+    index.record("G1", ["user@customer.test"], 1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a reconciliation holding the write lock
+    try:
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            index.mark_flushed(["G1"], busy_timeout_ms=50)
+        assert time.monotonic() - started < 5
+        with index._locked() as db:
+            assert db.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    index.mark_flushed(["G1"], busy_timeout_ms=50)
+    assert index.select(parse_target("customer.test")) == []
+    index.close()
