@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mtalab import BRIDGE_USER, LAB_DIR, MTA_LAB, MTAS, POSTDROP, LabMta
+from mtalab import BRIDGE_USER, LAB_DIR, MTA_LAB, MTAS, POSTDROP, LabMta, script_env
 
 SUDOERS_DROP_IN = Path("/etc/sudoers.d/etrn-bridge-mta-lab")
 
@@ -47,8 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def lab() -> Iterator[dict[str, LabMta]]:
     """All three MTAs running, configured from the kits; stopped at the end."""
     all_sh = ["bash", str(LAB_DIR / "all.sh")]
-    # the scripts' Python is ours: its trustme makes the lab's TLS certificates
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = script_env()
     subprocess.run([*all_sh, "stop"], capture_output=True, check=False, env=env)
     subprocess.run([*all_sh, "configure"], capture_output=True, check=True, env=env)
     subprocess.run([*all_sh, "start"], capture_output=True, check=True, env=env)
@@ -56,7 +54,7 @@ def lab() -> Iterator[dict[str, LabMta]]:
     yield mtas
     for mta in mtas.values():
         mta.script("clear-queue")
-    subprocess.run([*all_sh, "stop"], capture_output=True, check=False)
+    subprocess.run([*all_sh, "stop"], capture_output=True, check=False, env=env)
 
 
 @pytest.fixture(params=MTAS)

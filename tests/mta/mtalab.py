@@ -11,6 +11,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +28,15 @@ from etrn_bridge.frontends.tlsinfo import fingerprint
 LAB_DIR = Path(__file__).parent / "lab"
 KIT_ROOT = Path(__file__).parents[2]
 MTA_LAB = Path(os.environ.get("ETRN_BRIDGE_MTA_LAB", "/opt/mta-lab"))
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment for the lab scripts: their Python is ours, whose trustme
+    makes the lab's TLS certificates (the system python3 may have none, and a
+    configure without it leaves the plugin-mode ports without STARTTLS)."""
+    return {**os.environ, "PYTHON": sys.executable, **extra}
+
+
 # lab/certs.py: the lab CA, and client certificates (key and certificate in one
 # file) from it (client.pem) and from another CA (stranger.pem)
 LAB_TLS = MTA_LAB / "tls"
@@ -115,6 +125,7 @@ class LabMta:
             capture_output=True,
             text=True,
             check=True,
+            env=script_env(),
         )
         return done.stdout
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from milterkit import MilterProcess, milter_config, need_pymilter, start_milter
-from mtalab import LAB_DIR, MTA_LAB, LabMta, lab_env
+from mtalab import LAB_DIR, MTA_LAB, LabMta, lab_env, script_env
 from test_bridge_real import running_bridge
 from test_least_privilege import as_user
 
@@ -53,7 +53,7 @@ NOT_SERVED = ("user@mycustomer.test", "user@customer.test.evil")
 
 
 def _restart_lab(feeds: bool) -> None:
-    env = dict(os.environ)
+    env = script_env()
     env.pop("ETRN_BRIDGE_LAB_FEEDS", None)
     if feeds:
         env["ETRN_BRIDGE_LAB_FEEDS"] = str(FEEDS)
