@@ -159,14 +159,16 @@ class Service:
         """Handle one request; its audit record is written exactly once, whatever
         happens to the caller.
 
-        The work runs in a task of its own, shielded from the caller: when the
-        caller is cancelled (the client closed its connection, the session was
-        cut) a flush that started goes on, and its record is written when it
-        ends, marked ``client_gone``. Only the caller's return means the front
-        end got the outcome to answer with.
+        The work starts at once and, when it must wait, goes on in a task of its
+        own, shielded from the caller (handoff.py): when the caller is cancelled
+        (the client closed its connection, the session was cut) a flush that
+        started goes on, and its record is written when it ends, marked
+        ``client_gone``. Only the caller's return means the front end got the
+        outcome to answer with.
         """
         work, handed = start_detached(self._outcome(state, request))
-        self._track(work, self._requests)
+        if not work.done():
+            self._track(work, self._requests)
         try:
             outcome = await handed
         except asyncio.CancelledError:
