@@ -27,44 +27,56 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def start_detached(
-    work: Coroutine[Any, Any, T],
-) -> tuple[asyncio.Future[T], asyncio.Future[T]]:
-    """Run ``work`` at once; when it waits, go on in a task of its own.
+def start_eagerly(
+    work: Coroutine[Any, Any, T], handed: asyncio.Future[T] | None = None
+) -> asyncio.Future[T]:
+    """Run ``work`` at once; when it waits, go on in a task of its own (returned).
 
-    Returns the work (a task, or a future that is already done) and a future
-    that gets its result. Cancelling the second (its awaiter was cancelled)
-    leaves the work running, as with shield. When the task is cancelled (even
-    before it went on) or fails, that future is too, so whoever awaits it never
-    hangs. The work runs in a copy of the caller's context, as a task's would.
+    Work that never waits comes back as a future that is already done (its
+    result or its error). The work runs in a copy of the caller's context, as
+    a task's would. ``handed``: when the work went on in a task, the task sets
+    this future's result itself, as its last step, and its error or
+    cancellation too (unless the future was cancelled meanwhile).
     """
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
     try:
         waits_on = context.run(work.send, None)
     except StopIteration as done:
-        return _finished(loop, done.value)
+        finished: asyncio.Future[T] = loop.create_future()
+        finished.set_result(done.value)
+        return finished
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as error:  # handed over as a task would
-        finished: asyncio.Future[T] = loop.create_future()
+        failed: asyncio.Future[T] = loop.create_future()
         if isinstance(error, asyncio.CancelledError):
-            finished.cancel()
+            failed.cancel()
         else:
-            finished.set_exception(error)
-        return finished, finished
-    handed: asyncio.Future[T] = loop.create_future()
-    task = loop.create_task(_handing_over(_going_on(work, waits_on), handed), context=context)
-    task.add_done_callback(partial(_hand_over_failure, handed, work))
-    return task, handed
+            failed.set_exception(error)
+        return failed
+    going_on = _going_on(work, waits_on)
+    task = loop.create_task(
+        going_on if handed is None else _handing_over(going_on, handed), context=context
+    )
+    task.add_done_callback(partial(_after, work, handed))
+    return task
 
 
-def _finished(
-    loop: asyncio.AbstractEventLoop, result: T
+def start_detached(
+    work: Coroutine[Any, Any, T],
 ) -> tuple[asyncio.Future[T], asyncio.Future[T]]:
-    finished: asyncio.Future[T] = loop.create_future()
-    finished.set_result(result)
-    return finished, finished
+    """Run ``work`` as :func:`start_eagerly` does: the work, and a future that gets its result.
+
+    Cancelling that future (its awaiter was cancelled) leaves the work running,
+    as with shield. When the work is cancelled (even before it went on) or
+    fails, the future is too, so whoever awaits it never hangs.
+    """
+    handed: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    running = start_eagerly(work, handed)
+    if running.done():
+        return running, running
+    return running, handed
 
 
 @types.coroutine
@@ -97,21 +109,21 @@ async def _handing_over(work: Awaitable[T], handed: asyncio.Future[T]) -> T:
     return result
 
 
-def _hand_over_failure(
-    handed: asyncio.Future[T], work: Coroutine[Any, Any, T], task: asyncio.Future[T]
+def _after(
+    work: Coroutine[Any, Any, Any], handed: asyncio.Future[Any] | None, task: asyncio.Future[Any]
 ) -> None:
     if task.cancelled():
         _cancel(work)
-        if not handed.done():
+        if handed is not None and not handed.done():
             handed.cancel()
-    elif (error := task.exception()) is not None and not handed.done():
+    elif (error := task.exception()) is not None and handed is not None and not handed.done():
         handed.set_exception(error)
 
 
 def _cancel(work: Coroutine[Any, Any, Any]) -> None:
-    """Cancel work whose task was cancelled before it went on (a task cancelled
-    before its first step never runs its coroutine): the work gets the
-    CancelledError a task would have thrown in, and is closed if it still waits."""
+    """A task cancelled before its first step never runs its coroutine: the work,
+    which waits where its first step left it, gets the CancelledError a task
+    would have thrown in, and is closed if it still waits."""
     with contextlib.suppress(BaseException):
         work.throw(asyncio.CancelledError())
     work.close()
