@@ -209,6 +209,83 @@ def test_postfix_concurrent_connections(hooked: Bridge, tmp_path: Path) -> None:
     assert len(records) == 120 and len({r["session"] for r in records}) == 40
 
 
+def test_postfix_client_that_reads_no_answers_is_held_back_and_others_are_served(
+    hooked: Bridge, tmp_path: Path
+) -> None:
+    """Requests sent without reading the answers: the bridge stops taking them once
+    its answers back up (no buffer grows without bound), serves the other
+    connections meanwhile, and answers every request, in order, once the client
+    reads."""
+    request = POSTFIX_ETRN.format(domain="other.example").encode()  # a denial: 459
+    with connect(tmp_path / "postfix.sock") as flooder:
+        flooder.setblocking(False)
+        sent = blocked = 0
+        deadline = time.monotonic() + 30
+        while blocked < 3:  # both ways' socket buffers are full: the bridge stopped reading
+            assert time.monotonic() < deadline, f"the bridge still reads after {sent} bytes"
+            try:
+                sent += flooder.send(request * 50)
+                blocked = 0
+            except BlockingIOError:
+                blocked += 1
+                time.sleep(0.3)
+        taken = len(hooked.etrn_records())
+        time.sleep(0.5)
+        assert len(hooked.etrn_records()) == taken  # held back: nothing more taken
+        with connect(tmp_path / "postfix.sock") as other:
+            other.sendall(POSTFIX_ETRN.format(domain="customer.example").encode())
+            assert read_answers(other, 1, b"\n\n") == [b"action=OK"]
+        flooder.settimeout(IO_TIMEOUT)
+        rest = -sent % len(request)  # the last request, when send() took part of it
+        count = (sent + rest) // len(request)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(read_answers, flooder, count, b"\n\n")
+            flooder.sendall(request[len(request) - rest :])
+            answers = reading.result()
+    assert answers == [b"action=459 4.7.1 Node other.example not allowed: not authorized"] * count
+    records = hooked.etrn_records()
+    assert len(records) == count + 1 and count > taken > 0
+    assert [r["argument"] for r in records].count("customer.example") == 1
+
+
+def test_answers_wait_for_a_flush_that_runs_and_keep_their_order(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    """With a backend that takes its time, each answer goes out when its flush
+    ends, in the order of the requests; a stop lets the flush in progress answer."""
+    started, runs = tmp_path / "started.txt", tmp_path / "runs.txt"
+    program = tmp_path / "flush.sh"
+    program.write_text(f'#!/bin/sh\necho "$1" >> "{started}"\nsleep 0.5\necho "$1" >> "{runs}"\n')
+    program.chmod(0o755)
+    backend = {"type": "command", "argv": [str(program), "{target}"], "timeout": 10}
+    bridge = start_bridge({**hooks_config(tmp_path), "backend": backend})
+    with connect(tmp_path / "postfix.sock") as sock:
+        sock.sendall(
+            POSTFIX_ETRN.format(domain="customer.example").encode()
+            + POSTFIX_ETRN.format(domain="other.example").encode()  # denied: no flush
+            + POSTFIX_ETRN.format(domain="customer.example").encode()
+        )
+        assert read_answers(sock, 3, b"\n\n") == [
+            b"action=OK",
+            b"action=459 4.7.1 Node other.example not allowed: not authorized",
+            b"action=OK",
+        ]
+        sock.sendall(POSTFIX_ETRN.format(domain="customer.example").encode())
+        deadline = time.monotonic() + IO_TIMEOUT
+        while len(started.read_text().split()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)  # until its flush has begun
+        bridge.send_signal(signal.SIGTERM)
+        assert read_until_closed(sock) == b"action=OK\n\n"  # answered, then closed
+    assert bridge.process.wait(IO_TIMEOUT) == 0
+    assert runs.read_text().split() == ["customer.example"] * 3
+    assert [(r["argument"], r["reply"], r["client_gone"]) for r in bridge.etrn_records()] == [
+        ("customer.example", 250, False),
+        ("other.example", 459, False),
+        ("customer.example", 250, False),
+        ("customer.example", 250, False),
+    ]
+
+
 # Exim readsocket ----------------------------------------------------------------------
 
 
