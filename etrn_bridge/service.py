@@ -210,17 +210,18 @@ class Service:
         self.counts[outcome.status.value] += 1
         # The audit record is the request's record; the log repeats it only with
         # serve -v (at thousands of ETRN a second it would double the log's volume).
-        log.debug(
-            "etrn session=%s client=%s target=%s status=%s rule=%s coalesced=%s reply=%s%s",
-            request.session_id,
-            request.identity.address,
-            outcome.target or "-",
-            outcome.status.value,
-            outcome.decision.rule if outcome.decision else "-",
-            outcome.coalesced,
-            reply[:3],
-            " cut" if cut else " client_gone" if client_gone else "",
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "etrn session=%s client=%s target=%s status=%s rule=%s coalesced=%s reply=%s%s",
+                request.session_id,
+                request.identity.address,
+                outcome.target or "-",
+                outcome.status.value,
+                outcome.decision.rule if outcome.decision else "-",
+                outcome.coalesced,
+                reply[:3],
+                " cut" if cut else " client_gone" if client_gone else "",
+            )
         self.observer.request_handled(request, outcome, reply[:3])
         flush, target, backend = outcome.flush, outcome.target, outcome.backend
         if flush is not None and flush.completion is not None and target and backend:

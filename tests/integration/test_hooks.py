@@ -666,6 +666,34 @@ def test_hooks_only_process_has_no_listener(tmp_path: Path) -> None:
         assert process.wait(15) == 0
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_each_request_is_logged_only_with_verbose(tmp_path: Path, verbose: bool) -> None:
+    """The audit record is the request's record; serve -v adds a log line for each."""
+    path = write_config(tmp_path, merge_config(BASE_CONFIG, hooks_config(tmp_path)))
+    argv = [sys.executable, "-m", "etrn_bridge", "serve", "-c", str(path)]
+    process = subprocess.Popen(
+        [*argv, "-v"] if verbose else argv,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        next(line for line in process.stderr if "ready, listening on" in line)
+        answer = exim(tmp_path / "exim.sock", b"ETRN 127.0.0.1 1 - - - customer.example\n")
+        assert answer.startswith(b"OK 250 ")
+    finally:
+        process.terminate()
+        rest = process.communicate(timeout=15)[1]
+    assert process.returncode == 0
+    logged = [line for line in rest.splitlines() if "etrn session=" in line]
+    assert len(logged) == (1 if verbose else 0)
+    if verbose:
+        assert "target=customer.example status=started" in logged[0]
+
+
 def test_reload_applies_to_hooks(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
     """SIGHUP: the hooks' next requests (even on an open connection) use the new policy."""
     config = hooks_config(tmp_path)
