@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from etrn_bridge.admission import DEFAULT_LISTEN_BACKLOG
 from etrn_bridge.config import Config, ListenAddress
-from etrn_bridge.frontends.sockets import bind_listeners
+from etrn_bridge.frontends.sockets import bind_listeners, start_accepting
 from etrn_bridge.handoff import start_eagerly
 from etrn_bridge.hookconfig import HookEndpoint, HookSettings
 from etrn_bridge.request import Identity, Outcome, Request
@@ -326,7 +326,7 @@ class HookServer:
         self.argument_limit = config.session.max_line_length - _ETRN_OVERHEAD
         self.socket = sock
         self.connections: set[HookConnection] = set()
-        self._server: asyncio.Server | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._id_prefix = ""
         self._counter = itertools.count(1)
         self._unix_inode = _inode(settings.listen.path) if settings.listen.path else None
@@ -340,16 +340,7 @@ class HookServer:
 
     async def serve(self) -> None:
         self._id_prefix = f"{self.settings.name[0]}{secrets.token_hex(3)}"
-        loop = asyncio.get_running_loop()
-        # backlog: asyncio calls listen() again, with its own default of 100.
-        if self.socket.family == socket.AF_UNIX:
-            self._server = await loop.create_unix_server(
-                self._connection, sock=self.socket, backlog=DEFAULT_LISTEN_BACKLOG
-            )
-        else:
-            self._server = await loop.create_server(
-                self._connection, sock=self.socket, backlog=DEFAULT_LISTEN_BACKLOG
-            )
+        self._accepting = start_accepting(self.socket, DEFAULT_LISTEN_BACKLOG, self._connection)
 
     def _connection(self) -> HookConnection:
         return HookConnection(self)
@@ -366,8 +357,9 @@ class HookServer:
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; let requests with the service answer (at most ``grace`` s)."""
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
         for connection in list(self.connections):
             connection.close_if_idle()
         with contextlib.suppress(TimeoutError):

@@ -582,6 +582,29 @@ def assert_still_serving(bridge: Bridge, directory: Path) -> None:
 # Sockets ------------------------------------------------------------------------------
 
 
+def test_out_of_file_descriptors_logs_one_line_and_recovers(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    """A hook socket accepts the way the listener does: out of descriptors, one log
+    line a minute and a pause, not a traceback per failed accept; then it serves again."""
+    bridge = start_bridge(hooks_config(tmp_path))
+    pid = bridge.process.pid
+    limit = len(os.listdir(f"/proc/{pid}/fd")) + 5
+    subprocess.run(["prlimit", "--pid", str(pid), f"--nofile={limit}:{limit}"], check=True)
+    flood = [connect(tmp_path / "postfix.sock") for _ in range(60)]
+    time.sleep(3)  # three pauses' worth of retries
+    accept_lines = [line for line in bridge.log_lines if "accept on" in line]
+    assert len(accept_lines) == 1, accept_lines
+    assert f"accept on unix:{tmp_path / 'postfix.sock'}: Too many open files" in accept_lines[0]
+    assert not any("Traceback" in line for line in bridge.log_lines)
+    for sock in flood:
+        sock.close()
+    time.sleep(1.5)  # the next accept after the pause
+    with connect(tmp_path / "postfix.sock") as sock:
+        sock.sendall(POSTFIX_ETRN.format(domain="customer.example").encode())
+        assert read_answers(sock, 1, b"\n\n") == [b"action=OK"]
+
+
 def test_socket_mode_group_and_removal(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
     group = "nogroup" if os.geteuid() == 0 else None
     config = hooks_config(tmp_path, mode="0640")
