@@ -102,3 +102,18 @@ class Outcome:
     coalesced: bool = False
     duration: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+
+    def took(self, seconds: float) -> Outcome:
+        """This outcome, answered after ``seconds`` (dataclasses.replace, at a fifth
+        of its cost on every request)."""
+        return Outcome(
+            self.status,
+            self.target,
+            self.decision,
+            self.reason,
+            self.backend,
+            self.flush,
+            self.coalesced,
+            seconds,
+            self.extra,
+        )

@@ -20,7 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,14 +159,16 @@ class Service:
         """Handle one request; its audit record is written exactly once, whatever
         happens to the caller.
 
-        The work runs in a task of its own, shielded from the caller: when the
-        caller is cancelled (the client closed its connection, the session was
-        cut) a flush that started goes on, and its record is written when it
-        ends, marked ``client_gone``. Only the caller's return means the front
-        end got the outcome to answer with.
+        The work starts at once and, when it must wait, goes on in a task of its
+        own, shielded from the caller (handoff.py): when the caller is cancelled
+        (the client closed its connection, the session was cut) a flush that
+        started goes on, and its record is written when it ends, marked
+        ``client_gone``. Only the caller's return means the front end got the
+        outcome to answer with.
         """
         work, handed = start_detached(self._outcome(state, request))
-        self._track(work, self._requests)
+        if not work.done():
+            self._track(work, self._requests)
         try:
             outcome = await handed
         except asyncio.CancelledError:
@@ -187,7 +189,7 @@ class Service:
             except Exception as exc:  # a bug costs this request a 458, and is audited
                 log.exception("session=%s: internal error", request.session_id)
                 outcome = Outcome(Status.FAILED, parsed, reason=f"internal error: {exc!r}")
-        return replace(outcome, duration=time.monotonic() - started)
+        return outcome.took(time.monotonic() - started)
 
     async def _audit_when_done(self, work: asyncio.Future[Outcome], request: Request) -> None:
         """The record of a request whose caller left: written when its work ends."""
@@ -206,17 +208,20 @@ class Service:
     ) -> None:
         reply = self.audit.reply_and_record(request, outcome, client_gone=client_gone, cut=cut)
         self.counts[outcome.status.value] += 1
-        log.info(
-            "etrn session=%s client=%s target=%s status=%s rule=%s coalesced=%s reply=%s%s",
-            request.session_id,
-            request.identity.address,
-            outcome.target or "-",
-            outcome.status.value,
-            outcome.decision.rule if outcome.decision else "-",
-            outcome.coalesced,
-            reply[:3],
-            " cut" if cut else " client_gone" if client_gone else "",
-        )
+        # The audit record is the request's record; the log repeats it only with
+        # serve -v (at thousands of ETRN a second it would double the log's volume).
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "etrn session=%s client=%s target=%s status=%s rule=%s coalesced=%s reply=%s%s",
+                request.session_id,
+                request.identity.address,
+                outcome.target or "-",
+                outcome.status.value,
+                outcome.decision.rule if outcome.decision else "-",
+                outcome.coalesced,
+                reply[:3],
+                " cut" if cut else " client_gone" if client_gone else "",
+            )
         self.observer.request_handled(request, outcome, reply[:3])
         flush, target, backend = outcome.flush, outcome.target, outcome.backend
         if flush is not None and flush.completion is not None and target and backend:

@@ -20,14 +20,9 @@ import base64
 import binascii
 
 from etrn_bridge import replies
-from etrn_bridge.frontends.hookserver import (
-    HookConnection,
-    HookProtocol,
-    RequestError,
-    port_field,
-)
+from etrn_bridge.frontends.hookserver import HookProtocol, HookRequest, RequestError, port_field
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
-from etrn_bridge.request import Identity
+from etrn_bridge.request import Identity, Outcome
 
 FRONTEND = "exim-acl"
 VERB = "ETRN"
@@ -39,17 +34,27 @@ MAX_REQUEST = 16384 + 1024
 
 class EximHook(HookProtocol):
     max_request = MAX_REQUEST
+    frontend = FRONTEND
+    closes_after_answer = True  # readsocket reads to EOF
 
-    async def serve(self, connection: HookConnection) -> None:
-        line = await connection.read_until(b"\n", first=True)
-        if line is None:
-            return
+    def take_request(self, received: bytearray) -> HookRequest | None:
+        end = received.find(b"\n")
+        if end < 0:
+            if len(received) > MAX_REQUEST:
+                raise RequestError(f"request longer than {MAX_REQUEST} bytes")
+            return None
+        if end > MAX_REQUEST:
+            raise RequestError(f"request longer than {MAX_REQUEST} bytes")
+        line = bytes(received[:end])
+        del received[: end + 1]
         argument, identity = parse_request(line)
-        outcome = await connection.handle(argument, identity, FRONTEND)
+        return HookRequest(argument, identity)
+
+    def answer(self, outcome: Outcome) -> bytes:
         reply = replies.reply_for(outcome)
         if reply.startswith("5"):
             reply = replies.SYNTAX_ERROR_TEMPORARY
-        await connection.answer(f"{answer_word(reply)} {reply}\n".encode())
+        return f"{answer_word(reply)} {reply}\n".encode()
 
 
 def answer_word(reply: str) -> str:
@@ -61,7 +66,7 @@ def answer_word(reply: str) -> str:
 
 
 def parse_request(line: bytes) -> tuple[str, Identity]:
-    text = line.rstrip(b"\n").decode("utf-8", "surrogateescape")
+    text = line.decode("utf-8", "surrogateescape")
     fields = text.split(" ", FIELDS - 1)
     if len(fields) != FIELDS or fields[0] != VERB:
         raise RequestError("not an 'ETRN address port helo auth fingerprint argument' line")

@@ -14,14 +14,9 @@ its own flush and ``250 Queuing started``; a numeric action is its reply, with
 from __future__ import annotations
 
 from etrn_bridge import replies
-from etrn_bridge.frontends.hookserver import (
-    HookConnection,
-    HookProtocol,
-    RequestError,
-    port_field,
-)
+from etrn_bridge.frontends.hookserver import HookProtocol, HookRequest, RequestError, port_field
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
-from etrn_bridge.request import Identity
+from etrn_bridge.request import Identity, Outcome
 
 FRONTEND = "postfix-policy"
 REQUEST_TYPE = "smtpd_access_policy"
@@ -39,30 +34,38 @@ END_OF_REQUEST = b"\n\n"  # the last attribute's newline and the empty line
 
 class PostfixPolicy(HookProtocol):
     max_request = MAX_REQUEST
+    frontend = FRONTEND
 
-    async def serve(self, connection: HookConnection) -> None:
-        while (attributes := await read_request(connection)) is not None:
-            action = await self.decide(connection, attributes)
-            await connection.answer(f"action={action}\n\n".encode())
-
-    async def decide(self, connection: HookConnection, attributes: dict[str, str]) -> str:
+    def take_request(self, received: bytearray) -> HookRequest | bytes | None:
+        attributes = take_attributes(received)
+        if attributes is None:
+            return None
         if attributes.get("request") != REQUEST_TYPE:
             raise RequestError(f"not a policy request: request={attributes.get('request')!r}")
         if attributes.get("protocol_state") != ETRN_STATE:
-            return NEUTRAL
-        outcome = await connection.handle(
-            attributes.get("etrn_domain", ""), identity_of(attributes), FRONTEND
-        )
+            return action(NEUTRAL)
+        return HookRequest(attributes.get("etrn_domain", ""), identity_of(attributes))
+
+    def answer(self, outcome: Outcome) -> bytes:
         reply = replies.reply_for(outcome)
-        return ALLOW if reply.startswith("2") else reply
+        return action(ALLOW if reply.startswith("2") else reply)
 
 
-async def read_request(connection: HookConnection) -> dict[str, str] | None:
-    """The attributes of the next request; None when Postfix closed or went idle."""
-    block = await connection.read_until(END_OF_REQUEST, first=True)
-    if block is None:
+def action(text: str) -> bytes:
+    return f"action={text}\n\n".encode()
+
+
+def take_attributes(received: bytearray) -> dict[str, str] | None:
+    """The attributes of the first complete request (taken off ``received``)."""
+    end = received.find(END_OF_REQUEST)
+    if end < 0:
+        if len(received) > MAX_REQUEST:
+            raise RequestError(f"request longer than {MAX_REQUEST} bytes")
         return None
-    text = block[: -len(END_OF_REQUEST)].decode("utf-8", "surrogateescape")
+    if end > MAX_REQUEST:
+        raise RequestError(f"request longer than {MAX_REQUEST} bytes")
+    text = received[:end].decode("utf-8", "surrogateescape")
+    del received[: end + len(END_OF_REQUEST)]
     try:
         # dict() of the split lines runs in C; a line without "=" is a ValueError.
         attributes = dict(line.split("=", 1) for line in text.split("\n"))

@@ -29,14 +29,9 @@ from __future__ import annotations
 import re
 
 from etrn_bridge import replies
-from etrn_bridge.frontends.hookserver import (
-    HookConnection,
-    HookProtocol,
-    RequestError,
-    port_field,
-)
+from etrn_bridge.frontends.hookserver import HookProtocol, HookRequest, RequestError, port_field
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
-from etrn_bridge.request import Identity
+from etrn_bridge.request import Identity, Outcome
 
 FRONTEND = "sendmail-socketmap"
 # Sendmail's lookups are short (MAXNAME-sized keys); a netstring's length is at
@@ -55,23 +50,25 @@ XTEXT_ESCAPE = re.compile(r"\+([0-9A-F]{2})")
 
 class SendmailSocketmap(HookProtocol):
     max_request = MAX_REQUEST
+    frontend = FRONTEND
 
     def __init__(self, map_name: str) -> None:
         self.map_name = map_name
 
-    async def serve(self, connection: HookConnection) -> None:
-        while (lookup := await read_netstring(connection)) is not None:
-            await connection.answer(netstring(await self.answer(connection, lookup)))
-
-    async def answer(self, connection: HookConnection, lookup: str) -> str:
+    def take_request(self, received: bytearray) -> HookRequest | bytes | None:
+        lookup = take_netstring(received)
+        if lookup is None:
+            return None
         name, space, key = lookup.partition(" ")
         if not space or name != self.map_name:
-            return f"PERM unknown map {name[:64]!r}"
+            return netstring(f"PERM unknown map {name[:64]!r}")
         argument, identity, cut_short = parse_key(key)
-        outcome = await connection.handle(argument, identity, FRONTEND, cut_short=cut_short)
+        return HookRequest(argument, identity, cut_short)
+
+    def answer(self, outcome: Outcome) -> bytes:
         reply = replies.reply_for(outcome)
         quoted = reply.replace('"', "'")  # no reply text has one; a quote would end the token
-        return f'OK {answer_word(reply)} "{quoted}"'
+        return netstring(f'OK {answer_word(reply)} "{quoted}"')
 
 
 def parse_key(key: str) -> tuple[str, Identity, bool]:
@@ -117,23 +114,29 @@ def answer_word(reply: str) -> str:
     return "DENY"
 
 
-async def read_netstring(connection: HookConnection) -> str | None:
-    """The next netstring's data; None when Sendmail closed or went idle."""
-    header = await connection.read_until(b":", first=True)
-    if header is None:
+def take_netstring(received: bytearray) -> str | None:
+    """The data of the first complete netstring (taken off ``received``)."""
+    colon = received.find(b":", 0, MAX_LENGTH_DIGITS + 1)
+    if colon < 0:
+        if len(received) > MAX_LENGTH_DIGITS:
+            raise RequestError(f"request longer than {MAX_REQUEST} bytes")
+        if not received.isdigit():
+            raise RequestError("not a netstring length")
         return None
-    digits = header[:-1]
-    if len(digits) > MAX_LENGTH_DIGITS:
-        raise RequestError(f"request longer than {MAX_REQUEST} bytes")
+    digits = bytes(received[:colon])
     if not digits.isdigit() or (len(digits) > 1 and digits.startswith(b"0")):
         raise RequestError("not a netstring length")
     length = int(digits)
     if length > MAX_REQUEST:
         raise RequestError(f"request longer than {MAX_REQUEST} bytes")
-    data = await connection.read_exactly(length + 1)
-    if data[-1:] != b",":
+    end = colon + 1 + length
+    if len(received) <= end:
+        return None
+    if received[end] != ord(","):
         raise RequestError("netstring not terminated by ','")
-    return data[:-1].decode("utf-8", "surrogateescape")
+    data = received[colon + 1 : end].decode("utf-8", "surrogateescape")
+    del received[: end + 1]
+    return data
 
 
 def netstring(text: str) -> bytes:

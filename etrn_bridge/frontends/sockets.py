@@ -64,7 +64,10 @@ def bind_listeners(
 
 
 def bound_name(sock: socket.socket) -> str:
-    """'127.0.0.1:2525' or '[::1]:2525' of a bound socket (with the real port when 0 was asked)."""
+    """'127.0.0.1:2525' or '[::1]:2525' of a bound socket (with the real port when 0 was
+    asked), 'unix:PATH' of a unix one."""
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
     host, port = sock.getsockname()[:2]
     return str(ListenAddress(host, port))
 

@@ -30,7 +30,7 @@ class FlushCoalescer:
         self._slots = asyncio.Semaphore(max_concurrent)
         self.max_concurrent = max_concurrent
         # Runs in progress; bounded by the requests waiting on them, so never evicted.
-        self._running: dict[Hashable, asyncio.Task[FlushResult]] = {}
+        self._running: dict[Hashable, asyncio.Future[FlushResult]] = {}
         self._recent_runs = SlidingWindow(capacity)
         self._last_result: BoundedLru[Hashable, FlushResult] = BoundedLru(capacity)
 
@@ -59,25 +59,25 @@ class FlushCoalescer:
             if last is not None:
                 return CoalescedResult(_shared(last), coalesced=True)
         # Detached: a client that disconnects must not cancel everyone's flush.
-        task, handed = start_detached(self._run_in_slot(flush))
-        self._running[key] = task
+        run, handed = start_detached(self._run_in_slot(flush))
+        self._running[key] = run
         try:
             result = await handed
         finally:
-            if task.done():
-                self._forget_run(key, task, cooldown)
+            if run.done():
+                self._forget_run(key, run, cooldown)
             else:
-                task.add_done_callback(lambda done: self._forget_run(key, done, cooldown))
+                run.add_done_callback(lambda done: self._forget_run(key, done, cooldown))
         return CoalescedResult(result, coalesced=False)
 
     def _forget_run(
-        self, key: Hashable, task: asyncio.Task[FlushResult], cooldown: Rate | None
+        self, key: Hashable, run: asyncio.Future[FlushResult], cooldown: Rate | None
     ) -> None:
-        if self._running.get(key) is task:
+        if self._running.get(key) is run:
             del self._running[key]
-        if task.cancelled() or task.exception() is not None:
+        if run.cancelled() or run.exception() is not None:
             return
-        result = task.result()
+        result = run.result()
         # Only a flush that started opens a cool-down: after a failure the next ETRN retries.
         if cooldown is not None and result.started:
             self._recent_runs.record(key, cooldown)

@@ -140,6 +140,13 @@ class Policy:
     deny_index: TargetIndex[Entry] = field(default_factory=lambda: TargetIndex(find_inside=True))
     deny_everywhere: tuple[Entry, ...] = ()  # deny entries without targets: every target
     by_id: Mapping[str, Entry] = field(default_factory=dict)
+    # Whether any entry names host names; asked on every request, so made once
+    # (looking at all 10,000 entries of a provider's policy took half a millisecond).
+    uses_rdns: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        uses_rdns = any(entry.rdns for entry in (*self.allow, *self.deny))
+        object.__setattr__(self, "uses_rdns", uses_rdns)  # frozen: set once, here
 
     @classmethod
     def build(cls, allow: Iterable[Entry], deny: Iterable[Entry]) -> Policy:
@@ -155,10 +162,6 @@ class Policy:
         everywhere = tuple(entry for entry in deny if not entry.targets)
         by_id = {entry.id: entry for entry in (*deny, *allow)}
         return cls(allow, deny, allow_index, deny_index, everywhere, by_id)
-
-    @property
-    def uses_rdns(self) -> bool:
-        return any(entry.rdns for entry in (*self.allow, *self.deny))
 
     def covering(self, target: Target) -> Iterator[tuple[Target | None, Entry]]:
         """Entries that cover ``target``, deny entries first, with the policy target that does."""

@@ -209,6 +209,83 @@ def test_postfix_concurrent_connections(hooked: Bridge, tmp_path: Path) -> None:
     assert len(records) == 120 and len({r["session"] for r in records}) == 40
 
 
+def test_postfix_client_that_reads_no_answers_is_held_back_and_others_are_served(
+    hooked: Bridge, tmp_path: Path
+) -> None:
+    """Requests sent without reading the answers: the bridge stops taking them once
+    its answers back up (no buffer grows without bound), serves the other
+    connections meanwhile, and answers every request, in order, once the client
+    reads."""
+    request = POSTFIX_ETRN.format(domain="other.example").encode()  # a denial: 459
+    with connect(tmp_path / "postfix.sock") as flooder:
+        flooder.setblocking(False)
+        sent = blocked = 0
+        deadline = time.monotonic() + 30
+        while blocked < 3:  # both ways' socket buffers are full: the bridge stopped reading
+            assert time.monotonic() < deadline, f"the bridge still reads after {sent} bytes"
+            try:
+                sent += flooder.send(request * 50)
+                blocked = 0
+            except BlockingIOError:
+                blocked += 1
+                time.sleep(0.3)
+        taken = len(hooked.etrn_records())
+        time.sleep(0.5)
+        assert len(hooked.etrn_records()) == taken  # held back: nothing more taken
+        with connect(tmp_path / "postfix.sock") as other:
+            other.sendall(POSTFIX_ETRN.format(domain="customer.example").encode())
+            assert read_answers(other, 1, b"\n\n") == [b"action=OK"]
+        flooder.settimeout(IO_TIMEOUT)
+        rest = -sent % len(request)  # the last request, when send() took part of it
+        count = (sent + rest) // len(request)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(read_answers, flooder, count, b"\n\n")
+            flooder.sendall(request[len(request) - rest :])
+            answers = reading.result()
+    assert answers == [b"action=459 4.7.1 Node other.example not allowed: not authorized"] * count
+    records = hooked.etrn_records()
+    assert len(records) == count + 1 and count > taken > 0
+    assert [r["argument"] for r in records].count("customer.example") == 1
+
+
+def test_answers_wait_for_a_flush_that_runs_and_keep_their_order(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    """With a backend that takes its time, each answer goes out when its flush
+    ends, in the order of the requests; a stop lets the flush in progress answer."""
+    started, runs = tmp_path / "started.txt", tmp_path / "runs.txt"
+    program = tmp_path / "flush.sh"
+    program.write_text(f'#!/bin/sh\necho "$1" >> "{started}"\nsleep 0.5\necho "$1" >> "{runs}"\n')
+    program.chmod(0o755)
+    backend = {"type": "command", "argv": [str(program), "{target}"], "timeout": 10}
+    bridge = start_bridge({**hooks_config(tmp_path), "backend": backend})
+    with connect(tmp_path / "postfix.sock") as sock:
+        sock.sendall(
+            POSTFIX_ETRN.format(domain="customer.example").encode()
+            + POSTFIX_ETRN.format(domain="other.example").encode()  # denied: no flush
+            + POSTFIX_ETRN.format(domain="customer.example").encode()
+        )
+        assert read_answers(sock, 3, b"\n\n") == [
+            b"action=OK",
+            b"action=459 4.7.1 Node other.example not allowed: not authorized",
+            b"action=OK",
+        ]
+        sock.sendall(POSTFIX_ETRN.format(domain="customer.example").encode())
+        deadline = time.monotonic() + IO_TIMEOUT
+        while len(started.read_text().split()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)  # until its flush has begun
+        bridge.send_signal(signal.SIGTERM)
+        assert read_until_closed(sock) == b"action=OK\n\n"  # answered, then closed
+    assert bridge.process.wait(IO_TIMEOUT) == 0
+    assert runs.read_text().split() == ["customer.example"] * 3
+    assert [(r["argument"], r["reply"], r["client_gone"]) for r in bridge.etrn_records()] == [
+        ("customer.example", 250, False),
+        ("other.example", 459, False),
+        ("customer.example", 250, False),
+        ("customer.example", 250, False),
+    ]
+
+
 # Exim readsocket ----------------------------------------------------------------------
 
 
@@ -505,6 +582,29 @@ def assert_still_serving(bridge: Bridge, directory: Path) -> None:
 # Sockets ------------------------------------------------------------------------------
 
 
+def test_out_of_file_descriptors_logs_one_line_and_recovers(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    """A hook socket accepts the way the listener does: out of descriptors, one log
+    line a minute and a pause, not a traceback per failed accept; then it serves again."""
+    bridge = start_bridge(hooks_config(tmp_path))
+    pid = bridge.process.pid
+    limit = len(os.listdir(f"/proc/{pid}/fd")) + 5
+    subprocess.run(["prlimit", "--pid", str(pid), f"--nofile={limit}:{limit}"], check=True)
+    flood = [connect(tmp_path / "postfix.sock") for _ in range(60)]
+    time.sleep(3)  # three pauses' worth of retries
+    accept_lines = [line for line in bridge.log_lines if "accept on" in line]
+    assert len(accept_lines) == 1, accept_lines
+    assert f"accept on unix:{tmp_path / 'postfix.sock'}: Too many open files" in accept_lines[0]
+    assert not any("Traceback" in line for line in bridge.log_lines)
+    for sock in flood:
+        sock.close()
+    time.sleep(1.5)  # the next accept after the pause
+    with connect(tmp_path / "postfix.sock") as sock:
+        sock.sendall(POSTFIX_ETRN.format(domain="customer.example").encode())
+        assert read_answers(sock, 1, b"\n\n") == [b"action=OK"]
+
+
 def test_socket_mode_group_and_removal(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
     group = "nogroup" if os.geteuid() == 0 else None
     config = hooks_config(tmp_path, mode="0640")
@@ -587,6 +687,34 @@ def test_hooks_only_process_has_no_listener(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(15) == 0
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_each_request_is_logged_only_with_verbose(tmp_path: Path, verbose: bool) -> None:
+    """The audit record is the request's record; serve -v adds a log line for each."""
+    path = write_config(tmp_path, merge_config(BASE_CONFIG, hooks_config(tmp_path)))
+    argv = [sys.executable, "-m", "etrn_bridge", "serve", "-c", str(path)]
+    process = subprocess.Popen(
+        [*argv, "-v"] if verbose else argv,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        next(line for line in process.stderr if "ready, listening on" in line)
+        answer = exim(tmp_path / "exim.sock", b"ETRN 127.0.0.1 1 - - - customer.example\n")
+        assert answer.startswith(b"OK 250 ")
+    finally:
+        process.terminate()
+        rest = process.communicate(timeout=15)[1]
+    assert process.returncode == 0
+    logged = [line for line in rest.splitlines() if "etrn session=" in line]
+    assert len(logged) == (1 if verbose else 0)
+    if verbose:
+        assert "target=customer.example status=started" in logged[0]
 
 
 def test_reload_applies_to_hooks(start_bridge: Callable[..., Bridge], tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ def sudoers(lab: dict[str, LabMta], tmp_path: Path) -> Iterator[str]:
         useradd = ["useradd", "-r", "-U", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin"]
         subprocess.run([*useradd, BRIDGE_USER], check=True)
     draft = tmp_path / "sudoers"
-    draft.write_text("".join(lab[m].kit_sudoers_line() + "\n" for m in MTAS))
+    draft.write_text("".join(lab[m].kit_sudoers_lines() + "\n" for m in MTAS))
     subprocess.run(["visudo", "-cf", str(draft)], capture_output=True, check=True)
     draft.chmod(0o440)
     shutil.copy2(draft, SUDOERS_DROP_IN)

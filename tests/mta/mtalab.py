@@ -104,13 +104,13 @@ class LabMta:
             int(env[f"{prefix}_SINK_PORT"]),
         )
 
-    def kit_sudoers_line(self) -> str:
-        """The sudoers line of the MTA's kit README, for the lab's program."""
+    def kit_sudoers_lines(self) -> str:
+        """The sudoers lines of the MTA's kit README, for the lab's program."""
         readme = (KIT_ROOT / self.name / "README.md").read_text()
-        line = next(x for x in readme.splitlines() if x.startswith(f"{BRIDGE_USER} ALL="))
+        lines = "\n".join(x for x in readme.splitlines() if x.startswith(f"{BRIDGE_USER} ALL="))
         if self.name == "postfix":  # the line for postsuper -H (hold: true)
-            return line.replace(DEFAULT_POSTSUPER[-1], lab_env("postfix")["POSTSUPER"])
-        return line.replace(BACKEND_CLASSES[self.name].default_program, self.program)
+            return lines.replace(DEFAULT_POSTSUPER[-1], lab_env("postfix")["POSTSUPER"])
+        return lines.replace(BACKEND_CLASSES[self.name].default_program, self.program)
 
     @property
     def backend_options(self) -> dict[str, object]:

@@ -239,11 +239,23 @@ def test_sudo_lines_allow_nothing_but_the_flush(
     queue_id = queued[0][0]
     beyond = {
         "exim": [["-Mrm", queue_id], ["-R", "customer.test"], ["-M", queue_id, "-C", "/tmp/x"]],
-        "sendmail": [["-qRcustomer.test"], ["-q"], [f"-qI{queue_id}", "-C", "/tmp/x.cf"]],
+        "sendmail": [
+            ["-qRcustomer.test"],
+            ["-q"],
+            [f"-qI{queue_id}", "-C", "/tmp/x.cf"],
+            # -qI selects the ids that contain its argument: never a piece of one
+            [f"-qI{queue_id[:8]}"],
+            [f"-qI{queue_id[-6:]}"],
+            ["-qQ", f"-qI{queue_id[:8]}", "-Q"],
+            ["-qQ", f"-qI{queue_id}", "-Qreason"],  # quarantines instead of releasing
+        ],
     }[name]
     for argv in beyond:
         refused = as_user(sudoers, "sudo", "-n", mta.program, *argv)
         assert refused.returncode == 1 and "password is required" in refused.stderr, argv
+    if name == "sendmail":  # the release of held mail, with whole ids (nothing held here)
+        release = as_user(sudoers, "sudo", "-n", mta.program, "-qQ", f"-qI{queue_id}", "-Q")
+        assert release.returncode == 0, release.stderr
     queue_dir = Path(lab_env(name)["SENDMAIL_QUEUE_DIR"]) if name == "sendmail" else None
     if queue_dir is not None:
         removing = as_user(sudoers, "find", str(queue_dir), "-type", "f", "-delete")

@@ -1,8 +1,9 @@
-"""start_detached: a task that hands its result over as shield would, a loop turn sooner."""
+"""start_detached: work started at once, handed over as shield would, without extra loop turns."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -74,8 +75,15 @@ async def test_work_that_fails_hands_its_error_over() -> None:
         await task
 
 
-async def test_work_cancelled_before_it_ran_does_not_leave_its_awaiter_waiting() -> None:
+async def test_work_cancelled_before_it_went_on_is_cancelled_and_its_awaiter_too() -> None:
+    seen: list[str] = []
+
     async def work() -> str:
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
         return "never"
 
     task, handed = start_detached(work())
@@ -83,3 +91,38 @@ async def test_work_cancelled_before_it_ran_does_not_leave_its_awaiter_waiting()
     with pytest.raises(asyncio.CancelledError):  # not TimeoutError: it was never set
         async with asyncio.timeout(5):
             await handed
+    assert seen == ["cancelled"]  # as a task's coroutine would have been
+
+
+async def test_work_that_never_waits_is_done_at_once_without_a_task() -> None:
+    async def work() -> str:
+        return "denied"
+
+    done, handed = start_detached(work())
+    assert done.done() and not isinstance(done, asyncio.Task)
+    assert handed.result() == "denied"
+
+
+async def test_work_that_fails_at_once_hands_its_error_over() -> None:
+    async def work() -> None:
+        raise LookupError("broken policy")
+
+    done, handed = start_detached(work())
+    assert done.done()
+    with pytest.raises(LookupError, match="broken policy"):
+        await handed
+
+
+async def test_the_work_runs_in_a_copy_of_the_callers_context() -> None:
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="caller")
+    seen: list[str] = []
+
+    async def work() -> None:
+        marker.set("work")
+        await asyncio.sleep(0)
+        seen.append(marker.get())  # in the task it went on in
+
+    task, handed = start_detached(work())
+    assert marker.get() == "caller"  # its first step did not set the caller's
+    await handed
+    assert seen == ["work"] and isinstance(task, asyncio.Task)
