@@ -83,16 +83,27 @@ def clear_marks(path: Path) -> None:
     index.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and its children (the workers), from /proc."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU of ``pid`` and its children (the workers), from /proc: of
+    the whole processes, and of their main threads alone (the event loops)."""
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     pids += [int(child) for child in children.read_text().split()]
-    total = 0
+    total = loops = 0
     for one in pids:
-        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        for path in (f"/proc/{one}/stat", f"/proc/{one}/task/{one}/stat"):
+            fields = Path(path).read_text().rsplit(")", 1)[1].split()
+            ticks = int(fields[11]) + int(fields[12])
+            if path.count("task"):
+                loops += ticks
+            else:
+                total += ticks
+    return total / os.sysconf("SC_CLK_TCK"), loops / os.sysconf("SC_CLK_TCK")
+
+
+def used(before: tuple[float, float], pid: int) -> tuple[float, float]:
+    after = cpu_seconds(pid)
+    return after[0] - before[0], after[1] - before[1]
 
 
 def read_reply(sock: socket.socket) -> bytes:
@@ -107,7 +118,12 @@ def read_reply(sock: socket.socket) -> bytes:
             return data
 
 
-def flood(port: int, targets: list[str], pid: int) -> tuple[list[float], set[int], float, float]:
+CpuPair = tuple[float, float]  # (the processes, their event-loop threads)
+
+
+def flood(
+    port: int, targets: list[str], pid: int
+) -> tuple[list[float], set[int], CpuPair, CpuPair]:
     """(reply times, reply codes, window CPU, session CPU) of one flood."""
     before_sessions = cpu_seconds(pid)
     sessions = []
@@ -139,7 +155,7 @@ def flood(port: int, targets: list[str], pid: int) -> tuple[list[float], set[int
             if key.data.endswith(b"\r\n"):
                 replies[sock] = (now - sent[sock], bytes(key.data))
                 selector.unregister(sock)
-    window = cpu_seconds(pid) - before_window
+    window = used(before_window, pid)
     selector.close()
     for sock in sessions:
         sock.setblocking(True)
@@ -147,7 +163,7 @@ def flood(port: int, targets: list[str], pid: int) -> tuple[list[float], set[int
         read_reply(sock)
         sock.close()
     time.sleep(0.2)  # the bridge ends the sessions
-    session = cpu_seconds(pid) - before_sessions
+    session = used(before_sessions, pid)
     return (
         [replies[s][0] for s in sessions],
         {int(replies[s][1][:3]) for s in sessions},
@@ -194,8 +210,8 @@ class Bridge:
                 break
             except OSError:
                 time.sleep(0.05)
-        self.windows: list[float] = []
-        self.sessions: list[float] = []
+        self.windows: list[CpuPair] = []
+        self.sessions: list[CpuPair] = []
         self.p50s: list[float] = []
         self.p99s: list[float] = []
 
@@ -254,9 +270,11 @@ def main() -> None:
         )
         for bridge in bridges:
             etrn = args.floods * args.flood
+            window = [sum(cpu[n] for cpu in bridge.windows) * 1000 / etrn for n in (0, 1)]
+            session = [sum(cpu[n] for cpu in bridge.sessions) * 1000 / etrn for n in (0, 1)]
             print(
-                f"  {bridge.name}: CPU per ETRN window {sum(bridge.windows) * 1000 / etrn:.3f} ms,"
-                f" per session {sum(bridge.sessions) * 1000 / etrn:.3f} ms;"
+                f"  {bridge.name}: CPU per ETRN window {window[0]:.3f} ms (loop {window[1]:.3f}),"
+                f" per session {session[0]:.3f} ms (loop {session[1]:.3f});"
                 f" p50 median {statistics.median(bridge.p50s) * 1000:.1f} ms,"
                 f" p99 median {statistics.median(bridge.p99s) * 1000:.1f} ms"
                 f" ({min(bridge.p99s) * 1000:.1f}-{max(bridge.p99s) * 1000:.1f})"
