@@ -258,6 +258,7 @@ class MtaBackend(ABC):
         # Set by use_index(): nodes and @nodes are then selected from it (on the
         # loop), and the flushed ids are marked in it (FlushedMarks, off the loop).
         self.index: QueueIndex | None = None
+        self._index_filled = False  # a reconciliation has run: the index can answer
         self._marks: FlushedMarks | None = None
 
     def use_index(self, index: QueueIndex) -> None:
@@ -362,8 +363,10 @@ class MtaBackend(ABC):
         if self.index is None:
             return None
         try:
-            if self.index.last_reconciled() is None:
-                return None  # an index nothing has filled yet would answer 251 for all
+            if not self._index_filled:
+                if self.index.last_reconciled() is None:
+                    return None  # an index nothing has filled yet would answer 251 for all
+                self._index_filled = True  # for good: a reconciliation is never undone
             found = self.index.select(target)
         except sqlite3.Error as exc:
             log.warning("queue index %s unusable (%s): listing the queue", self.index.path, exc)
