@@ -192,6 +192,8 @@ def cpu_by_command() -> Counter[str]:
         except OSError:  # ended meanwhile
             continue
         name = text[text.index("(") + 1 : text.rindex(")")]
+        if name.startswith("kworker/"):
+            continue  # renamed as their work changes: no per-name account
         fields = text.rsplit(")", 1)[1].split()
         ticks[name] += int(fields[11]) + int(fields[12])
     return Counter({name: n / os.sysconf("SC_CLK_TCK") for name, n in ticks.items()})
