@@ -263,6 +263,7 @@ class MtaBackend(ABC):
 
     def use_index(self, index: QueueIndex) -> None:
         self.index = index
+        self._index_filled = False
         self._marks = FlushedMarks(index)
 
     @classmethod
