@@ -38,26 +38,23 @@ HOST = "127.0.0.1"
 # The stand-in flush(8): the server's announcement, then status=0 for any request
 # (attr_print0 framing, as etrn_bridge/backends/postfix_flush.py reads it).
 FLUSH_SERVER = r"""
-import socket, sys, threading
+import asyncio, sys
 ANNOUNCE = b"protocol\0queue_flush_protocol\0\0"
 STATUS = b"status\0" + b"0\0\0"
-def serve(conn):
-    with conn:
-        conn.sendall(ANNOUNCE)
-        data = b""
-        while b"\0\0" not in data:
-            chunk = conn.recv(1024)
-            if not chunk:
-                return
-            data += chunk
-        conn.sendall(STATUS)
-listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-listener.bind(sys.argv[1])
-listener.listen(1024)
-print("ready", flush=True)
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+async def serve(reader, writer):
+    writer.write(ANNOUNCE)
+    try:
+        await reader.readuntil(b"\0\0")
+        writer.write(STATUS)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    writer.close()
+async def main():
+    server = await asyncio.start_unix_server(serve, sys.argv[1], backlog=1024)
+    print("ready", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
 """
 
 
