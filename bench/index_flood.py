@@ -81,21 +81,24 @@ def clear_marks(path: Path) -> None:
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User + system CPU of ``pid`` and its children (the workers), from /proc: of
-    the whole processes, and of their main threads alone (the event loops)."""
+    """CPU time of ``pid`` and its children (the workers): of all their threads, and
+    of their main threads alone (the event loops). From /proc/PID/task/TID/schedstat
+    (nanoseconds on the CPU, proc(5)): /proc/PID/stat counts whole clock ticks,
+    10 ms, too coarse for one flood."""
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     pids += [int(child) for child in children.read_text().split()]
     total = loops = 0
     for one in pids:
-        for path in (f"/proc/{one}/stat", f"/proc/{one}/task/{one}/stat"):
-            fields = Path(path).read_text().rsplit(")", 1)[1].split()
-            ticks = int(fields[11]) + int(fields[12])
-            if path.count("task"):
-                loops += ticks
-            else:
-                total += ticks
-    return total / os.sysconf("SC_CLK_TCK"), loops / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{one}/task").iterdir():
+            try:
+                nanoseconds = int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile
+            total += nanoseconds
+            if task.name == str(one):
+                loops += nanoseconds
+    return total / 1e9, loops / 1e9
 
 
 def used(before: tuple[float, float], pid: int) -> tuple[float, float]:
