@@ -54,6 +54,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -175,9 +176,70 @@ def _read_reply(sock: socket.socket) -> bytes:
             return data
 
 
-def flood(port: int, targets: list[str]) -> tuple[list[float], list[int]]:
+def machine_busy() -> float:
+    """CPU seconds all processes of the machine have run so far (every core; proc(5))."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    idle = int(fields[3]) + int(fields[4])  # idle, iowait
+    return (sum(int(field) for field in fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_command() -> Counter[str]:
+    """CPU seconds so far of every process on the machine, summed by command name."""
+    ticks: Counter[str] = Counter()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        if name.startswith("kworker/"):
+            continue  # renamed as their work changes: no per-name account
+        fields = text.rsplit(")", 1)[1].split()
+        ticks[name] += int(fields[11]) + int(fields[12])
+    return Counter({name: n / os.sysconf("SC_CLK_TCK") for name, n in ticks.items()})
+
+
+class Window:
+    """CPU used between the first ETRN sent and the last reply read: the bridge's
+    (``cpu``, when given) and the whole machine's, in seconds."""
+
+    def __init__(self, cpu: Callable[[], float] | None) -> None:
+        self._cpu = cpu
+        self.bridge = self.machine = 0.0
+        self.seconds = 0.0
+        self.by_command: Counter[str] = Counter()
+
+    def start(self) -> None:
+        self.by_command = cpu_by_command()
+        self.bridge = self._cpu() if self._cpu else 0.0
+        self.machine = machine_busy()
+        self.seconds = time.monotonic()
+
+    def stop(self) -> None:
+        self.bridge = (self._cpu() if self._cpu else 0.0) - self.bridge
+        self.machine = machine_busy() - self.machine
+        self.seconds = time.monotonic() - self.seconds
+        after = cpu_by_command()
+        after.subtract(self.by_command)
+        self.by_command = +after
+
+    def describe(self, count: int) -> str:
+        bridge = f"bridge {self.bridge * 1000 / count:.2f} ms/ETRN, " if self._cpu else ""
+        return (
+            f"ETRN window {self.seconds * 1000:.0f} ms: {bridge}"
+            f"machine {self.machine / self.seconds:.2f} cores busy; top: "
+            + ", ".join(f"{n} {t * 1000:.0f}" for n, t in self.by_command.most_common(6))
+            + " ms"
+        )
+
+
+def flood(
+    port: int, targets: list[str], window: Window | None = None
+) -> tuple[list[float], list[int]]:
     """Every session connects and says EHLO; then all ETRN commands go out from one
-    thread and a selector reads the replies: each timed from its own send to its reply."""
+    thread and a selector reads the replies: each timed from its own send to its reply.
+    ``window`` measures the CPU spent from the first send to the last reply."""
+    window = window or Window(None)
     sessions: list[socket.socket] = []
     try:
         for _ in targets:
@@ -192,6 +254,7 @@ def flood(port: int, targets: list[str]) -> tuple[list[float], list[int]]:
         for sock in sessions:
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ, bytearray())
+        window.start()
         for sock, target in zip(sessions, targets, strict=True):
             sent[sock] = time.monotonic()
             sock.sendall(f"ETRN {target}\r\n".encode())
@@ -207,6 +270,7 @@ def flood(port: int, targets: list[str]) -> tuple[list[float], list[int]]:
                 if key.data.endswith(b"\r\n"):
                     replies[sock] = (now - sent[sock], bytes(key.data))
                     selector.unregister(sock)
+        window.stop()
         selector.close()
         times = [replies[sock][0] for sock in sessions]
         codes = [int(replies[sock][1][:3]) for sock in sessions]
@@ -281,15 +345,20 @@ class Bridge:
         raise RuntimeError(f"bridge did not start: {self.stderr.read_text()}")
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) of the bridge and its workers so far."""
+        """CPU time of the bridge and its workers so far, every thread, in seconds:
+        from /proc/PID/task/TID/schedstat (nanoseconds, proc(5)); /proc/PID/stat
+        counts whole clock ticks, 10 ms, too coarse for one flood."""
         pids = [self.process.pid]
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         pids += [int(pid) for pid in children.read_text().split()]
         total = 0
         for pid in pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (proc(5))
-        return total / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                try:
+                    total += int((task / "schedstat").read_text().split()[0])
+                except (OSError, IndexError, ValueError):
+                    continue  # a thread that ended meanwhile
+        return total / 1e9
 
     def records(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
@@ -338,10 +407,13 @@ def bridge_flood(bridge: Bridge, name: str, targets: list[str]) -> tuple[float, 
     """A flood through ``bridge``: (p99, its CPU seconds per session: connect, EHLO,
     ETRN, QUIT; read once the sessions have ended)."""
     before = bridge.cpu_seconds()
-    times, codes = flood(bridge.port, targets)
+    window = Window(bridge.cpu_seconds)
+    times, codes = flood(bridge.port, targets, window)
     time.sleep(0.5)
     cpu = bridge.cpu_seconds() - before
-    return report(name, times, codes, bridge.listings(), cpu), cpu / len(targets)
+    p99 = report(name, times, codes, bridge.listings(), cpu)
+    print(f"    {window.describe(len(targets))}")
+    return p99, cpu / len(targets)
 
 
 def sink_clear(mta: LabMta) -> None:
@@ -468,9 +540,11 @@ def bench(args: argparse.Namespace) -> None:
         for pair in range(args.pairs):
             order = bridges if pair % 2 == 0 else bridges[::-1]
             wait_idle()
+            window = Window(None)
             p99s["native"].append(
-                report("Postfix's own ETRN", *flood(native_port, take(args.flood)), "-")
+                report("Postfix's own ETRN", *flood(native_port, take(args.flood), window), "-")
             )
+            print(f"    {window.describe(args.flood)}")
             for bridge in order:
                 wait_idle()
                 p99, cpu = bridge_flood(bridge, f"bridge, index ({bridge.name})", take(args.flood))

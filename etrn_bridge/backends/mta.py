@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import os
 import re
@@ -39,8 +40,9 @@ DEFAULT_MAX_CONCURRENT = 4
 # answers it: a burst of ETRN shares one run, and mail queued within that second
 # may be missed by it (the client's next ETRN finds it).
 DEFAULT_LISTING_MAX_AGE = 1.0
-# How long marking flushed ids may wait for another writer (a reconciliation): on
-# the request path, so short; when it gives up, the ids may be counted once more.
+# How long marking flushed ids may wait for another writer (a reconciliation, another
+# worker): off the loop, but the flushes' replies wait for it, so short; when it
+# gives up, the ids may be counted once more.
 MARK_BUSY_TIMEOUT_MS = 100
 # Where a flush's selection came from (audited as "selected_from").
 FROM_INDEX = "index"
@@ -253,15 +255,15 @@ class MtaBackend(ABC):
         self.listings: SharedListing[QueueListing] = SharedListing(
             float(options.get("listing_max_age", DEFAULT_LISTING_MAX_AGE))
         )
-        # Set by use_index(): nodes and @nodes are then selected from it, and the
-        # flushed ids are marked in it (through the same connection: a commit by
-        # another connection of this process would throw away the page cache of the
-        # one that selects, and the next select would read its pages again).
+        # Set by use_index(): nodes and @nodes are then selected from it (on the
+        # loop), and the flushed ids are marked in it (FlushedMarks, off the loop).
         self.index: QueueIndex | None = None
+        self._index_filled = False  # a reconciliation has run: the index can answer
         self._marks: FlushedMarks | None = None
 
     def use_index(self, index: QueueIndex) -> None:
         self.index = index
+        self._index_filled = False
         self._marks = FlushedMarks(index)
 
     @classmethod
@@ -362,14 +364,18 @@ class MtaBackend(ABC):
         if self.index is None:
             return None
         try:
-            if self.index.last_reconciled() is None:
-                return None  # an index nothing has filled yet would answer 251 for all
+            if not self._index_filled:
+                if self.index.last_reconciled() is None:
+                    return None  # an index nothing has filled yet would answer 251 for all
+                self._index_filled = True  # for good: a reconciliation is never undone
             found = self.index.select(target)
         except sqlite3.Error as exc:
             log.warning("queue index %s unusable (%s): listing the queue", self.index.path, exc)
             return None
-        marking = self._marks.pending if self._marks is not None else frozenset()
-        return [_queued(message) for message in found if message.queue_id not in marking]
+        marks = self._marks
+        if marks is None or marks.idle:
+            return [_queued(message) for message in found]
+        return [_queued(message) for message in found if not marks.unwritten(message.queue_id)]
 
     async def pending(self, target: Target) -> int | None:
         try:
@@ -446,40 +452,79 @@ class FlushedMarks:
     """Flushed ids on their way into the index, so they are not counted again (one
     deferred again returns with the next reconciliation).
 
-    One write transaction per event-loop turn for every flush that ended in it: under
-    a flood, a transaction per flush rewrote the same index pages over and over.
-    Each flush returns once its ids are written (other processes, the milter's
-    quota, see them); until then the backend's selections leave them out. A failed
-    write costs only that they may be counted once more: the flushes have started.
+    Written off the event loop, by a thread of the loop's executor through a
+    connection of its own, so neither the write nor the WAL checkpoint a commit
+    may run, nor the wait for another writer's lock (another worker, the
+    reconciler) stalls the sessions. One write transaction for every flush that
+    ended while the previous one was being written (the first: every flush of
+    that loop turn): under a flood, a transaction per flush rewrote the same index
+    pages over and over. Each flush returns once its ids are written (other
+    processes, the milter's quota, see them); until then the backend's selections
+    leave them out. A failed write is logged and costs only that those ids may be
+    counted once more: the flushes have started.
     """
 
     def __init__(self, index: QueueIndex) -> None:
         self.index = index
-        self.pending: set[str] = set()
-        self._written: asyncio.Future[None] | None = None
+        # The writer thread's connection: a select on the loop never waits for its lock.
+        self._writer = QueueIndex(index.path, busy_timeout_ms=MARK_BUSY_TIMEOUT_MS)
+        self._queued: set[str] = set()  # for the next write
+        self._writing: frozenset[str] = frozenset()  # the write in flight
+        self._next: asyncio.Future[None] | None = None  # done when _queued is written
+        self._in_flight = False
+
+    def unwritten(self, queue_id: str) -> bool:
+        """Flushed, and not yet in the file."""
+        return queue_id in self._queued or queue_id in self._writing
+
+    @property
+    def idle(self) -> bool:
+        return not self._in_flight and not self._queued
 
     def add(self, queue_ids: Iterable[str]) -> asyncio.Future[None]:
         """Done when these ids are written (or the write failed)."""
-        if self._written is None:
+        self._queued.update(queue_ids)
+        if self._next is None:
             loop = asyncio.get_running_loop()
-            self._written = loop.create_future()
-            loop.call_soon(self.write)
-        self.pending.update(queue_ids)
-        return self._written
+            self._next = loop.create_future()
+            if not self._in_flight:
+                loop.call_soon(self._start)  # the rest of this turn's flushes join it
+        return self._next
 
-    def write(self) -> None:
-        queue_ids, self.pending = self.pending, set()
-        written, self._written = self._written, None
+    def _start(self) -> None:
+        done, self._next = self._next, None
+        self._writing, self._queued = frozenset(self._queued), set()
+        self._in_flight = True
+        loop = asyncio.get_running_loop()
+        writing = loop.run_in_executor(None, self._write, sorted(self._writing))
+        writing.add_done_callback(functools.partial(self._written, done))
+
+    def _write(self, queue_ids: list[str]) -> None:
+        """In the writer thread."""
         try:
-            if queue_ids:
-                # Waits only briefly for the write lock: a reconciliation holding it
-                # must not stall the event loop.
-                self.index.mark_flushed(sorted(queue_ids), busy_timeout_ms=MARK_BUSY_TIMEOUT_MS)
+            # Waits only briefly for the write lock: a reconciliation holding it
+            # must not hold back the replies of the flushes waiting for this.
+            self._writer.mark_flushed(queue_ids)
         except sqlite3.Error as exc:
-            log.warning("queue index %s: flushed ids not marked (%s)", self.index.path, exc)
-        finally:
-            if written is not None and not written.done():
-                written.set_result(None)
+            log.warning(
+                "queue index %s: %d flushed ids not marked (%s)",
+                self.index.path,
+                len(queue_ids),
+                exc,
+            )
+
+    def _written(self, done: asyncio.Future[None] | None, writing: asyncio.Future[None]) -> None:
+        self._writing, self._in_flight = frozenset(), False
+        if not writing.cancelled() and writing.exception() is not None:
+            log.error(
+                "queue index %s: marking flushed ids failed",
+                self.index.path,
+                exc_info=writing.exception(),
+            )
+        if done is not None and not done.done():
+            done.set_result(None)
+        if self._next is not None:
+            self._start()  # the flushes that ended meanwhile
 
 
 def _queued(message: IndexedMessage) -> QueuedMessage:

@@ -51,6 +51,8 @@ async def send_site(path: str, site: str, timeout: float) -> FlushReply:
 
     A bare non-blocking socket, not asyncio streams: one flush per ETRN, and
     the transport, protocol and stream objects cost more than the exchange.
+    One reader callback watches it for the whole exchange (the loop's sock_recv
+    would add and remove the reader for each of the two replies).
     """
     loop = asyncio.get_running_loop()
     try:
@@ -58,17 +60,15 @@ async def send_site(path: str, site: str, timeout: float) -> FlushReply:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.setblocking(False)
                 await loop.sock_connect(sock, path)
-                # Announcement first, then the request, as flush_clnt.c does. Sending
-                # the request ahead of it was measured worse: a flood's flushes (and
-                # the deliveries they start) all began at once and took the CPU this
-                # process needed to answer them.
-                received = bytearray()
-                announced = decode(await _read_group(loop, sock, received))
+                exchange = _Exchange(sock, site, loop.create_future())
+                loop.add_reader(sock.fileno(), exchange.readable)
+                try:
+                    announced, status = await exchange.replies
+                finally:
+                    loop.remove_reader(sock.fileno())
                 if announced.get("protocol") != PROTOCOL:
                     return FlushReply(None, f"{path}: not the flush service: {announced}")
-                await loop.sock_sendall(sock, encode({"request": REQUEST_SEND_SITE, "site": site}))
-                status = decode(await _read_group(loop, sock, received)).get("status", "")
-                return FlushReply(int(status))
+                return FlushReply(int(status.get("status", "")))
     except TimeoutError:
         return FlushReply(None, f"{path}: timed out")
     except OSError as exc:
@@ -77,20 +77,52 @@ async def send_site(path: str, site: str, timeout: float) -> FlushReply:
         return FlushReply(None, f"{path}: unreadable reply: {exc}")
 
 
-async def _read_group(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, received: bytearray
-) -> bytes:
-    """The next attribute group (through its final NUL); what follows stays in
-    ``received``. Raises ValueError when the peer closes first or sends too much."""
-    while True:
-        end = received.find(b"\0\0")
-        if end >= 0:
-            group = bytes(received[: end + 2])
-            del received[: end + 2]
-            return group
-        if len(received) > MAX_REPLY_BYTES:
-            raise ValueError(f"no attribute group within {MAX_REPLY_BYTES} bytes")
-        chunk = await loop.sock_recv(sock, MAX_REPLY_BYTES)
+Attributes = dict[str, str]
+
+
+class _Exchange:
+    """flush_clnt.c's order: the announcement first, then the request, then the
+    status. Sending the request ahead of the announcement was measured worse: a
+    flood's flushes (and the deliveries they start) all began at once and took
+    the CPU this process needed to answer them."""
+
+    def __init__(
+        self, sock: socket.socket, site: str, replies: asyncio.Future[tuple[Attributes, Attributes]]
+    ) -> None:
+        self.sock = sock
+        self.request = encode({"request": REQUEST_SEND_SITE, "site": site})
+        self.replies = replies  # (announcement, status group)
+        self.received = bytearray()
+        self.announced: Attributes | None = None
+
+    def readable(self) -> None:
+        if self.replies.done():
+            return
+        try:
+            self._read()
+        except (OSError, ValueError) as exc:
+            self.replies.set_exception(exc)
+
+    def _read(self) -> None:
+        try:
+            chunk = self.sock.recv(MAX_REPLY_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
         if not chunk:
             raise ValueError("connection closed before the reply")
-        received += chunk
+        self.received += chunk
+        while (end := self.received.find(b"\0\0")) >= 0:
+            group = decode(bytes(self.received[: end + 2]))
+            del self.received[: end + 2]
+            if self.announced is not None:
+                self.replies.set_result((self.announced, group))
+                return
+            self.announced = group
+            if group.get("protocol") != PROTOCOL:
+                self.replies.set_result((group, {}))  # refused by send_site, nothing sent
+                return
+            # A few dozen bytes into an empty socket buffer: sent whole, or an error.
+            if self.sock.send(self.request) != len(self.request):
+                raise OSError("the request was not sent whole")
+        if len(self.received) > MAX_REPLY_BYTES:
+            raise ValueError(f"no attribute group within {MAX_REPLY_BYTES} bytes")

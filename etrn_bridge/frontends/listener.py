@@ -123,6 +123,7 @@ class EtrnSession(SMTP):
         self._peer = ListenAddress("-", 0)  # the client, known in connection_made
         self.admitted = False  # counted by the listener's Admission
         self._time_limit: asyncio.TimerHandle | None = None
+        self._idle_deadline = 0.0  # loop time: see _reset_timeout
 
     def __dir__(self) -> Iterable[str]:
         # aiosmtpd's __init__ runs inspect.getmembers(self) and dir(self) on every
@@ -256,6 +257,25 @@ class EtrnSession(SMTP):
     def _say(self, reply: str) -> None:
         self._writer.write(reply.format(host=self.hostname).encode("ascii") + b"\r\n")
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd (1.4) cancels its idle timer and schedules a new one for every
+        # command; here a command only moves the deadline, and the one timer, when
+        # it fires early, waits out the rest (_idle_timer_fired).
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer_fired)
+
+    def _idle_timer_fired(self) -> None:
+        if self.busy:  # an ETRN in progress: its reply restarts the idle time
+            self._idle_deadline = self.loop.time() + self._timeout_duration
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer_fired)
+        else:
+            self._timeout_cb()
+
     def _timeout_cb(self) -> None:
         # aiosmtpd just drops the connection; RFC 5321 §4.5.3.2.7 lets us close, and
         # a 421 tells the client why.
@@ -333,10 +353,7 @@ class EtrnSession(SMTP):
             frontend=FRONTEND,
             too_long=self.line_too_long,
         )
-        # The idle timer measures the client, not a slow flush.
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
-        self.busy = True
+        self.busy = True  # the idle timer measures the client, not a slow flush
         try:
             outcome = await self.policy.handle(request)
         finally:

@@ -159,23 +159,16 @@ class QueueIndex:
             yield self._connection
 
     @contextmanager
-    def _write(self, busy_timeout_ms: int | None = None) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE: no upgrade deadlock);
-        ``busy_timeout_ms``: wait this long for another writer instead of the index's own."""
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE: no upgrade deadlock)."""
         with self._locked() as db:
-            if busy_timeout_ms is not None:
-                db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            finally:
-                if busy_timeout_ms is not None:
-                    db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -203,15 +196,14 @@ class QueueIndex:
         with self._write() as db:
             db.execute("UPDATE message SET held = ? WHERE queue_id = ?", (int(held), queue_id))
 
-    def mark_flushed(self, queue_ids: Iterable[str], *, busy_timeout_ms: int | None = None) -> None:
+    def mark_flushed(self, queue_ids: Iterable[str]) -> None:
         """These were just flushed: not selected again until the MTA lists them again.
 
         So a delivered message is never counted twice; one deferred again comes
-        back with the next reconciliation (or the next record()). ``busy_timeout_ms``:
-        how long to wait for another writer, when not the index's own timeout.
+        back with the next reconciliation (or the next record()).
         """
         now = time.time()
-        with self._write(busy_timeout_ms) as db:
+        with self._write() as db:
             db.executemany(
                 "UPDATE message SET flushed = ? WHERE queue_id = ?",
                 ((now, queue_id) for queue_id in queue_ids),

@@ -4,10 +4,18 @@ backend with a real SQLite index and a stand-in flush(8) on a real unix socket."
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket as socket_module
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from bridgekit import Bridge
+
+from etrn_bridge.backends import mta
 from etrn_bridge.backends.base import create_backend
 from etrn_bridge.backends.mta import MtaBackend
 from etrn_bridge.backends.postfix_flush import encode
@@ -60,7 +68,7 @@ async def test_concurrent_flushes_are_marked_together_and_never_counted_twice(
     backend, setup = indexed_backend(tmp_path, socket)
     try:
         flushes = [asyncio.ensure_future(backend.flush(parse_target(d))) for d in DOMAINS]
-        while not backend._marks or not backend._marks.pending:
+        while not backend._marks or backend._marks.idle:
             await asyncio.sleep(0)  # until the first flush has ended
         # Before the marks reach the file, the backend already leaves those ids out.
         assert writes(setup.path) == 0
@@ -71,7 +79,7 @@ async def test_concurrent_flushes_are_marked_together_and_never_counted_twice(
         assert writes(setup.path) == 9
         assert setup.select(parse_target("c.test")) == []
         assert (await backend.flush(parse_target("b.test"))).pending == 0  # 251: nothing run
-        assert not backend._marks.pending
+        assert backend._marks.idle
     finally:
         server.close()
         await server.wait_closed()
@@ -80,16 +88,24 @@ async def test_concurrent_flushes_are_marked_together_and_never_counted_twice(
         backend.index.close()
 
 
-async def test_a_locked_index_costs_only_the_marks(tmp_path: Path) -> None:
+async def test_a_locked_index_costs_only_the_marks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     socket = tmp_path / "flush"
     server = await asyncio.start_unix_server(flush_service, str(socket))
     backend, setup = indexed_backend(tmp_path, socket)
     other = sqlite3.connect(setup.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # a reconciliation holding the write lock
     try:
-        result = await backend.flush(parse_target("a.test"))  # the mark gives up soon
+        with caplog.at_level(logging.WARNING, "etrn_bridge.backend"):
+            result = await backend.flush(parse_target("a.test"))  # the mark gives up soon
         assert result.started and result.pending == 3
-        assert backend._marks is not None and not backend._marks.pending
+        assert backend._marks is not None and backend._marks.idle
+        # Not lost silently: the log says which file and how many.
+        assert any(
+            "3 flushed ids not marked" in r.getMessage() and str(setup.path) in r.getMessage()
+            for r in caplog.records
+        )
         other.execute("ROLLBACK")
         assert writes(setup.path) == 0  # not marked: counted again, never a failure
         assert (await backend.flush(parse_target("a.test"))).pending == 3
@@ -100,3 +116,96 @@ async def test_a_locked_index_costs_only_the_marks(tmp_path: Path) -> None:
         setup.close()
         assert backend.index is not None
         backend.index.close()
+
+
+async def test_a_mark_waiting_for_a_lock_leaves_the_loop_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write waits for another writer off the loop: meanwhile the loop runs (here it
+    is the loop that releases the lock), and flushes that end meanwhile are written
+    next, none lost."""
+    monkeypatch.setattr(mta, "MARK_BUSY_TIMEOUT_MS", 30_000)
+    socket = tmp_path / "flush"
+    server = await asyncio.start_unix_server(flush_service, str(socket))
+    backend, setup = indexed_backend(tmp_path, socket)
+    other = sqlite3.connect(setup.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a reconciliation holding the write lock
+    try:
+        first = asyncio.ensure_future(backend.flush(parse_target("a.test")))
+        marks = backend._marks
+        assert marks is not None
+        while not marks._in_flight:
+            await asyncio.sleep(0.001)  # until a.test's write waits for the lock
+        second = asyncio.ensure_future(backend.flush(parse_target("b.test")))
+        while not marks.unwritten("B0"):
+            await asyncio.sleep(0.001)  # until b.test's flush has ended: queued behind
+        assert marks.unwritten("A0") and not first.done() and not second.done()
+        assert await backend.pending(parse_target("a.test")) == 0  # left out meanwhile
+        assert writes(setup.path) == 0
+        other.execute("ROLLBACK")  # from the loop: it was never blocked
+        assert [(await first).pending, (await second).pending] == [3, 3]
+        assert writes(setup.path) == 6 and marks.idle
+        assert setup.select(parse_target("b.test")) == []
+    finally:
+        other.close()
+        server.close()
+        await server.wait_closed()
+        setup.close()
+        assert backend.index is not None
+        backend.index.close()
+
+
+def serve_flush_requests(listener: socket_module.socket) -> None:
+    """A stand-in flush(8) for a bridge process: announcement, then status=0."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return  # closed: the test is over
+        with connection:
+            connection.sendall(encode({"protocol": "queue_flush_protocol"}))
+            received = b""
+            while not received.endswith(b"\0\0"):
+                chunk = connection.recv(1024)
+                if not chunk:
+                    break
+                received += chunk
+            connection.sendall(encode({"status": "0"}))
+
+
+def test_marks_are_in_the_file_when_the_replies_go_out_even_if_serve_stops_then(
+    tmp_path: Path, start_bridge: Callable[..., Bridge]
+) -> None:
+    """``etrn-bridge serve``: concurrent ETRN answered 253, then SIGTERM at once; every
+    flushed id is marked in the file, so another process (the milter's quota) sees it."""
+    flush = tmp_path / "flush"
+    listener = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+    listener.bind(str(flush))
+    listener.listen(16)
+    threading.Thread(target=serve_flush_requests, args=(listener,), daemon=True).start()
+    index = QueueIndex(tmp_path / "index.sqlite")
+    index.reconcile(
+        [
+            IndexedMessage(f"{name[0].upper()}{n}", (f"u{n}@{name}",), 100)
+            for name in ("a.customer.net", "b.customer.net", "c.customer.net")
+            for n in range(3)
+        ],
+        time.time(),
+    )
+    index.claim_reconcile(3600)  # the bridge's own reconciliation waits an hour
+    index.close()
+    bridge = start_bridge(
+        {
+            "backend": {"type": "postfix", "postqueue": "/bin/false", "flush_socket": str(flush)},
+            "index": {"file": str(tmp_path / "index.sqlite"), "reconcile": "1h"},
+        }
+    )
+    try:
+        sessions = [bridge.session() for _ in range(3)]
+        for client, name in zip(sessions, "abc", strict=True):
+            client.send(f"ETRN {name}.customer.net")
+        assert [client.read_reply().code for client in sessions] == [253, 253, 253]
+        assert bridge.stop() == 0
+        assert writes(tmp_path / "index.sqlite") == 9
+    finally:
+        listener.close()

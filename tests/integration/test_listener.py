@@ -6,6 +6,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from bridgekit import Bridge, SmtpClient
@@ -206,6 +207,33 @@ def test_idle_timeout_sends_421_and_closes(start_bridge: Callable[..., Bridge]) 
     assert 0.4 < time.monotonic() - started < 5
     assert client.is_closed()
     bridge.wait_for_log(r"end=idle timeout")
+
+
+def test_commands_keep_an_idle_timer_going_and_a_slow_flush_does_not_count(
+    start_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    # The idle timer is moved by each command rather than replaced (listener.py):
+    # commands at shorter intervals keep the session open past the timeout, a flush
+    # that takes longer than it is not idle time, and after its reply the timer runs.
+    flush = tmp_path / "flush.sh"
+    flush.write_text("#!/bin/sh\nsleep 3\n")
+    flush.chmod(0o755)
+    bridge = start_bridge(
+        {
+            "session": {"idle_timeout": 2},
+            "backend": {"type": "command", "argv": [str(flush), "{etrn}"], "timeout": 30},
+        }
+    )
+    client = bridge.session()
+    for _ in range(6):  # 3 s of commands, every 0.5 s
+        time.sleep(0.5)
+        assert client.command("NOOP").code == 250
+    assert client.command("ETRN customer.example").code == 250  # after about 3 s
+    started = time.monotonic()
+    reply = client.read_reply()
+    assert reply.text == "421 4.4.2 bridge.test Idle timeout, closing connection"
+    assert time.monotonic() - started > 1.5  # counted from the reply, not from the ETRN
+    assert client.is_closed()
 
 
 def test_over_long_line_gets_500_and_session_goes_on(bridge: Bridge) -> None:

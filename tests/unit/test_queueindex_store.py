@@ -260,24 +260,25 @@ def test_reconcile_keeps_the_feeds_hold_and_never_takes_one_from_a_listing(
     assert held == {"A1": True}
 
 
-def test_a_mark_may_wait_less_than_the_index_and_the_index_keeps_its_own_timeout(
-    tmp_path: Path,
-) -> None:
+def test_an_index_with_a_short_busy_timeout_gives_up_on_a_held_lock(tmp_path: Path) -> None:
+    # The flushed marks' own connection waits briefly; the index's default is long.
     path = tmp_path / "index.sqlite"
-    index = QueueIndex(path)  # its own timeout: long
+    index = QueueIndex(path)
     index.record("G1", ["user@customer.test"], 1)
+    marks = QueueIndex(path, busy_timeout_ms=50)
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # a reconciliation holding the write lock
     try:
         started = time.monotonic()
         with pytest.raises(sqlite3.OperationalError, match="locked"):
-            index.mark_flushed(["G1"], busy_timeout_ms=50)
+            marks.mark_flushed(["G1"])
         assert time.monotonic() - started < 5
         with index._locked() as db:
             assert db.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
     finally:
         other.execute("ROLLBACK")
         other.close()
-    index.mark_flushed(["G1"], busy_timeout_ms=50)
+    marks.mark_flushed(["G1"])
     assert index.select(parse_target("customer.test")) == []
     index.close()
+    marks.close()
