@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import selectors
 import socket
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from etrnflood import etrn_flood
 
 from etrn_bridge.queueindex.store import IndexedMessage, QueueIndex
 
@@ -133,30 +134,9 @@ def flood(
         read_reply(sock)
         sock.sendall(b"EHLO client.test\r\n")
         read_reply(sock)
-    selector = selectors.DefaultSelector()
-    for sock in sessions:
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ, bytearray())
-    sent: dict[socket.socket, float] = {}
-    replies: dict[socket.socket, tuple[float, bytes]] = {}
     before_window = cpu_seconds(pid)
-    for sock, target in zip(sessions, targets, strict=True):
-        sent[sock] = time.monotonic()
-        sock.sendall(f"ETRN {target}\r\n".encode())
-    while len(replies) < len(sessions):
-        for key, _ in selector.select(timeout=60):
-            now = time.monotonic()
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("closed before the ETRN reply")
-            key.data.extend(chunk)
-            if key.data.endswith(b"\r\n"):
-                replies[sock] = (now - sent[sock], bytes(key.data))
-                selector.unregister(sock)
+    replies = etrn_flood(sessions, targets, timeout=60)
     window = used(before_window, pid)
-    selector.close()
     for sock in sessions:
         sock.setblocking(True)
         sock.sendall(b"QUIT\r\n")

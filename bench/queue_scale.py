@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import selectors
 import smtplib
 import socket
 import statistics
@@ -60,6 +59,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "mta"))
 
+from etrnflood import etrn_flood
 from mtalab import MTA_LAB, LabMta, lab_env
 
 from etrn_bridge.backends.postfix import parse_postqueue_json
@@ -248,30 +248,9 @@ def flood(
             _read_reply(sock)
             sock.sendall(b"EHLO client.test\r\n")
             _read_reply(sock)
-        sent: dict[socket.socket, float] = {}
-        replies: dict[socket.socket, tuple[float, bytes]] = {}
-        selector = selectors.DefaultSelector()
-        for sock in sessions:
-            sock.setblocking(False)
-            selector.register(sock, selectors.EVENT_READ, bytearray())
         window.start()
-        for sock, target in zip(sessions, targets, strict=True):
-            sent[sock] = time.monotonic()
-            sock.sendall(f"ETRN {target}\r\n".encode())
-        while len(replies) < len(sessions):
-            for key, _ in selector.select(timeout=600):
-                now = time.monotonic()
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise ConnectionError("connection closed before the ETRN reply")
-                key.data.extend(chunk)
-                if key.data.endswith(b"\r\n"):
-                    replies[sock] = (now - sent[sock], bytes(key.data))
-                    selector.unregister(sock)
+        replies = etrn_flood(sessions, targets, timeout=600)
         window.stop()
-        selector.close()
         times = [replies[sock][0] for sock in sessions]
         codes = [int(replies[sock][1][:3]) for sock in sessions]
         for sock in sessions:

@@ -20,7 +20,13 @@ import base64
 import binascii
 
 from etrn_bridge import replies
-from etrn_bridge.frontends.hookserver import HookProtocol, HookRequest, RequestError, port_field
+from etrn_bridge.frontends.hookserver import (
+    HookProtocol,
+    HookRequest,
+    RequestError,
+    port_field,
+    take_through,
+)
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
 from etrn_bridge.request import Identity, Outcome
 
@@ -38,15 +44,9 @@ class EximHook(HookProtocol):
     closes_after_answer = True  # readsocket reads to EOF
 
     def take_request(self, received: bytearray) -> HookRequest | None:
-        end = received.find(b"\n")
-        if end < 0:
-            if len(received) > MAX_REQUEST:
-                raise RequestError(f"request longer than {MAX_REQUEST} bytes")
+        line = take_through(received, b"\n", MAX_REQUEST)
+        if line is None:
             return None
-        if end > MAX_REQUEST:
-            raise RequestError(f"request longer than {MAX_REQUEST} bytes")
-        line = bytes(received[:end])
-        del received[: end + 1]
         argument, identity = parse_request(line)
         return HookRequest(argument, identity)
 

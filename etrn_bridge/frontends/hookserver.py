@@ -62,6 +62,19 @@ def port_field(text: str) -> int | None:
     return None
 
 
+def take_through(received: bytearray, separator: bytes, limit: int) -> bytes | None:
+    """What ``received`` holds before the first ``separator``, taken off with it;
+    None until one arrives. RequestError once more than ``limit`` bytes precede it."""
+    end = received.find(separator)
+    if end > limit or (end < 0 and len(received) > limit):
+        raise RequestError(f"request longer than {limit} bytes")
+    if end < 0:
+        return None
+    taken = bytes(received[:end])
+    del received[: end + len(separator)]
+    return taken
+
+
 @dataclass(frozen=True, slots=True)
 class HookRequest:
     """An ETRN as an MTA passed it: for the service."""

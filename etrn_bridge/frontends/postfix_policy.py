@@ -14,7 +14,13 @@ its own flush and ``250 Queuing started``; a numeric action is its reply, with
 from __future__ import annotations
 
 from etrn_bridge import replies
-from etrn_bridge.frontends.hookserver import HookProtocol, HookRequest, RequestError, port_field
+from etrn_bridge.frontends.hookserver import (
+    HookProtocol,
+    HookRequest,
+    RequestError,
+    port_field,
+    take_through,
+)
 from etrn_bridge.frontends.tlsinfo import fingerprint_from_hex
 from etrn_bridge.request import Identity, Outcome
 
@@ -57,15 +63,10 @@ def action(text: str) -> bytes:
 
 def take_attributes(received: bytearray) -> dict[str, str] | None:
     """The attributes of the first complete request (taken off ``received``)."""
-    end = received.find(END_OF_REQUEST)
-    if end < 0:
-        if len(received) > MAX_REQUEST:
-            raise RequestError(f"request longer than {MAX_REQUEST} bytes")
+    block = take_through(received, END_OF_REQUEST, MAX_REQUEST)
+    if block is None:
         return None
-    if end > MAX_REQUEST:
-        raise RequestError(f"request longer than {MAX_REQUEST} bytes")
-    text = received[:end].decode("utf-8", "surrogateescape")
-    del received[: end + len(END_OF_REQUEST)]
+    text = block.decode("utf-8", "surrogateescape")
     try:
         # dict() of the split lines runs in C; a line without "=" is a ValueError.
         attributes = dict(line.split("=", 1) for line in text.split("\n"))

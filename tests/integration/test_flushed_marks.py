@@ -9,7 +9,7 @@ import socket as socket_module
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,99 +60,96 @@ def writes(path: Path) -> int:
         )
 
 
-async def test_concurrent_flushes_are_marked_together_and_never_counted_twice(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+async def indexed(tmp_path: Path) -> AsyncIterator[tuple[MtaBackend, QueueIndex]]:
+    """The backend on an index of 3 messages for each of DOMAINS, a stand-in flush(8),
+    and a connection of the test's own to the index file."""
     socket = tmp_path / "flush"
     server = await asyncio.start_unix_server(flush_service, str(socket))
     backend, setup = indexed_backend(tmp_path, socket)
     try:
-        flushes = [asyncio.ensure_future(backend.flush(parse_target(d))) for d in DOMAINS]
-        while not backend._marks or backend._marks.idle:
-            await asyncio.sleep(0)  # until the first flush has ended
-        # Before the marks reach the file, the backend already leaves those ids out.
-        assert writes(setup.path) == 0
-        assert await backend.pending(parse_target("a.test")) == 0
-        results = await asyncio.gather(*flushes)
-        assert [r.pending for r in results] == [3, 3, 3]
-        # Each flush returned once its ids were in the file: others see them.
-        assert writes(setup.path) == 9
-        assert setup.select(parse_target("c.test")) == []
-        assert (await backend.flush(parse_target("b.test"))).pending == 0  # 251: nothing run
-        assert backend._marks.idle
+        yield backend, setup
     finally:
         server.close()
         await server.wait_closed()
         setup.close()
         assert backend.index is not None
         backend.index.close()
+
+
+@pytest.fixture
+def other_writer(indexed: tuple[MtaBackend, QueueIndex]) -> Iterator[sqlite3.Connection]:
+    """A writer of another process (a reconciliation) holding the index's write lock."""
+    other = sqlite3.connect(indexed[1].path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield other
+    finally:
+        other.close()
+
+
+async def test_concurrent_flushes_are_marked_together_and_never_counted_twice(
+    indexed: tuple[MtaBackend, QueueIndex],
+) -> None:
+    backend, setup = indexed
+    flushes = [asyncio.ensure_future(backend.flush(parse_target(d))) for d in DOMAINS]
+    while not backend._marks or backend._marks.idle:
+        await asyncio.sleep(0)  # until the first flush has ended
+    # Before the marks reach the file, the backend already leaves those ids out.
+    assert writes(setup.path) == 0
+    assert await backend.pending(parse_target("a.test")) == 0
+    results = await asyncio.gather(*flushes)
+    assert [r.pending for r in results] == [3, 3, 3]
+    # Each flush returned once its ids were in the file: others see them.
+    assert writes(setup.path) == 9
+    assert setup.select(parse_target("c.test")) == []
+    assert (await backend.flush(parse_target("b.test"))).pending == 0  # 251: nothing run
+    assert backend._marks.idle
 
 
 async def test_a_locked_index_costs_only_the_marks(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    indexed: tuple[MtaBackend, QueueIndex],
+    other_writer: sqlite3.Connection,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    socket = tmp_path / "flush"
-    server = await asyncio.start_unix_server(flush_service, str(socket))
-    backend, setup = indexed_backend(tmp_path, socket)
-    other = sqlite3.connect(setup.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # a reconciliation holding the write lock
-    try:
-        with caplog.at_level(logging.WARNING, "etrn_bridge.backend"):
-            result = await backend.flush(parse_target("a.test"))  # the mark gives up soon
-        assert result.started and result.pending == 3
-        assert backend._marks is not None and backend._marks.idle
-        # Not lost silently: the log says which file and how many.
-        assert any(
-            "3 flushed ids not marked" in r.getMessage() and str(setup.path) in r.getMessage()
-            for r in caplog.records
-        )
-        other.execute("ROLLBACK")
-        assert writes(setup.path) == 0  # not marked: counted again, never a failure
-        assert (await backend.flush(parse_target("a.test"))).pending == 3
-    finally:
-        other.close()
-        server.close()
-        await server.wait_closed()
-        setup.close()
-        assert backend.index is not None
-        backend.index.close()
+    backend, setup = indexed
+    with caplog.at_level(logging.WARNING, "etrn_bridge.backend"):
+        result = await backend.flush(parse_target("a.test"))  # the mark gives up soon
+    assert result.started and result.pending == 3
+    assert backend._marks is not None and backend._marks.idle
+    # Not lost silently: the log says which file and how many.
+    assert any(
+        "3 flushed ids not marked" in r.getMessage() and str(setup.path) in r.getMessage()
+        for r in caplog.records
+    )
+    other_writer.execute("ROLLBACK")
+    assert writes(setup.path) == 0  # not marked: counted again, never a failure
+    assert (await backend.flush(parse_target("a.test"))).pending == 3
 
 
 async def test_a_mark_waiting_for_a_lock_leaves_the_loop_running(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    indexed: tuple[MtaBackend, QueueIndex],
+    other_writer: sqlite3.Connection,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The write waits for another writer off the loop: meanwhile the loop runs (here it
     is the loop that releases the lock), and flushes that end meanwhile are written
     next, none lost."""
-    monkeypatch.setattr(mta, "MARK_BUSY_TIMEOUT_MS", 30_000)
-    socket = tmp_path / "flush"
-    server = await asyncio.start_unix_server(flush_service, str(socket))
-    backend, setup = indexed_backend(tmp_path, socket)
-    other = sqlite3.connect(setup.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # a reconciliation holding the write lock
-    try:
-        first = asyncio.ensure_future(backend.flush(parse_target("a.test")))
-        marks = backend._marks
-        assert marks is not None
-        while not marks._in_flight:
-            await asyncio.sleep(0.001)  # until a.test's write waits for the lock
-        second = asyncio.ensure_future(backend.flush(parse_target("b.test")))
-        while not marks.unwritten("B0"):
-            await asyncio.sleep(0.001)  # until b.test's flush has ended: queued behind
-        assert marks.unwritten("A0") and not first.done() and not second.done()
-        assert await backend.pending(parse_target("a.test")) == 0  # left out meanwhile
-        assert writes(setup.path) == 0
-        other.execute("ROLLBACK")  # from the loop: it was never blocked
-        assert [(await first).pending, (await second).pending] == [3, 3]
-        assert writes(setup.path) == 6 and marks.idle
-        assert setup.select(parse_target("b.test")) == []
-    finally:
-        other.close()
-        server.close()
-        await server.wait_closed()
-        setup.close()
-        assert backend.index is not None
-        backend.index.close()
+    monkeypatch.setattr(mta, "MARK_BUSY_TIMEOUT_MS", 30_000)  # read at the first flush
+    backend, setup = indexed
+    first = asyncio.ensure_future(backend.flush(parse_target("a.test")))
+    while (marks := backend._marks) is None or not marks._in_flight:
+        await asyncio.sleep(0.001)  # until a.test's write waits for the lock
+    second = asyncio.ensure_future(backend.flush(parse_target("b.test")))
+    while not marks.unwritten("B0"):
+        await asyncio.sleep(0.001)  # until b.test's flush has ended: queued behind
+    assert marks.unwritten("A0") and not first.done() and not second.done()
+    assert await backend.pending(parse_target("a.test")) == 0  # left out meanwhile
+    assert writes(setup.path) == 0
+    other_writer.execute("ROLLBACK")  # from the loop: it was never blocked
+    assert [(await first).pending, (await second).pending] == [3, 3]
+    assert writes(setup.path) == 6 and marks.idle
+    assert setup.select(parse_target("b.test")) == []
 
 
 def serve_flush_requests(listener: socket_module.socket) -> None:

@@ -1,0 +1,47 @@
+"""The client side of an ETRN flood, shared by bench/queue_scale.py and bench/index_flood.py.
+
+One thread sends an ETRN on every session at once, then reads the replies with
+a selector: each reply is timed from its own command's send, the way a customer
+host would see it, and no client thread's scheduling gets in between.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import time
+from collections.abc import Sequence
+
+Replies = dict[socket.socket, tuple[float, bytes]]
+
+
+def etrn_flood(
+    sessions: Sequence[socket.socket], targets: Sequence[str], timeout: float
+) -> Replies:
+    """Send ``ETRN target`` on each session (after EHLO), all at once; each session's
+    reply line(s) and the seconds from its send to its reply."""
+    selector = selectors.DefaultSelector()
+    for sock in sessions:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, bytearray())
+    sent: dict[socket.socket, float] = {}
+    replies: Replies = {}
+    try:
+        for sock, target in zip(sessions, targets, strict=True):
+            sent[sock] = time.monotonic()
+            sock.sendall(f"ETRN {target}\r\n".encode())
+        while len(replies) < len(sessions):
+            for key, _ in selector.select(timeout=timeout):
+                now = time.monotonic()
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("connection closed before the ETRN reply")
+                key.data.extend(chunk)
+                if key.data.endswith(b"\r\n"):
+                    replies[sock] = (now - sent[sock], bytes(key.data))
+                    selector.unregister(sock)
+    finally:
+        selector.close()
+    return replies
