@@ -15,6 +15,19 @@ from collections.abc import Sequence
 Replies = dict[socket.socket, tuple[float, bytes]]
 
 
+def read_reply(sock: socket.socket) -> bytes:
+    """One whole SMTP reply (the last line has a space after the code)."""
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("connection closed")
+        data += chunk
+        lines = data.split(b"\r\n")
+        if len(lines) > 1 and lines[-2][3:4] == b" ":
+            return data
+
+
 def etrn_flood(
     sessions: Sequence[socket.socket], targets: Sequence[str], timeout: float
 ) -> Replies:

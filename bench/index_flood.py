@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from etrnflood import etrn_flood
+from etrnflood import etrn_flood, read_reply
 
 from etrn_bridge.queueindex.store import IndexedMessage, QueueIndex
 
@@ -105,18 +105,6 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 def used(before: tuple[float, float], pid: int) -> tuple[float, float]:
     after = cpu_seconds(pid)
     return after[0] - before[0], after[1] - before[1]
-
-
-def read_reply(sock: socket.socket) -> bytes:
-    data = b""
-    while True:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("connection closed")
-        data += chunk
-        lines = data.split(b"\r\n")
-        if len(lines) > 1 and lines[-2][3:4] == b" ":
-            return data
 
 
 CpuPair = tuple[float, float]  # (the processes, their event-loop threads)

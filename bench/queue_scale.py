@@ -59,7 +59,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "mta"))
 
-from etrnflood import etrn_flood
+from etrnflood import etrn_flood, read_reply
 from mtalab import MTA_LAB, LabMta, lab_env
 
 from etrn_bridge.backends.postfix import parse_postqueue_json
@@ -163,19 +163,6 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def _read_reply(sock: socket.socket) -> bytes:
-    """One whole SMTP reply (the last line has a space after the code)."""
-    data = b""
-    while True:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("connection closed")
-        data += chunk
-        lines = data.split(b"\r\n")
-        if len(lines) > 1 and lines[-2][3:4] == b" ":
-            return data
-
-
 def machine_busy() -> float:
     """CPU seconds all processes of the machine have run so far (every core; proc(5))."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
@@ -245,9 +232,9 @@ def flood(
         for _ in targets:
             sock = socket.create_connection(("127.0.0.1", port), timeout=600)
             sessions.append(sock)
-            _read_reply(sock)
+            read_reply(sock)
             sock.sendall(b"EHLO client.test\r\n")
-            _read_reply(sock)
+            read_reply(sock)
         window.start()
         replies = etrn_flood(sessions, targets, timeout=600)
         window.stop()
