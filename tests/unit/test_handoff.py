@@ -1,13 +1,17 @@
-"""start_detached: work started at once, handed over as shield would, without extra loop turns."""
+"""start_detached: handed over as shield would, without its extra turns; at once from a callback."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
 from etrn_bridge.handoff import start_detached
+
+T = TypeVar("T")
 
 
 async def test_the_awaiter_resumes_on_the_loop_turn_after_the_work_ends() -> None:
@@ -75,6 +79,19 @@ async def test_work_that_fails_hands_its_error_over() -> None:
         await task
 
 
+def from_callback(function: Callable[[], T]) -> Awaitable[T]:
+    """``function``'s result, called from a loop callback (no task running), as a
+    hook connection's data_received calls the service."""
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[T] = loop.create_future()
+
+    def call() -> None:
+        result.set_result(function())
+
+    loop.call_soon(call)
+    return result
+
+
 async def test_work_cancelled_before_it_went_on_is_cancelled_and_its_awaiter_too() -> None:
     seen: list[str] = []
 
@@ -86,7 +103,7 @@ async def test_work_cancelled_before_it_went_on_is_cancelled_and_its_awaiter_too
             raise
         return "never"
 
-    task, handed = start_detached(work())
+    task, handed = await from_callback(lambda: start_detached(work()))
     task.cancel()  # e.g. a drain that cuts a request just handed over
     with pytest.raises(asyncio.CancelledError):  # not TimeoutError: it was never set
         async with asyncio.timeout(5):
@@ -94,20 +111,29 @@ async def test_work_cancelled_before_it_went_on_is_cancelled_and_its_awaiter_too
     assert seen == ["cancelled"]  # as a task's coroutine would have been
 
 
-async def test_work_that_never_waits_is_done_at_once_without_a_task() -> None:
+async def test_from_a_callback_work_that_never_waits_is_done_at_once_without_a_task() -> None:
     async def work() -> str:
         return "denied"
 
-    done, handed = start_detached(work())
+    done, handed = await from_callback(lambda: start_detached(work()))
     assert done.done() and not isinstance(done, asyncio.Task)
     assert handed.result() == "denied"
+
+
+async def test_from_a_task_the_work_gets_a_task_of_its_own() -> None:
+    async def work() -> str:
+        return "denied"
+
+    task, handed = start_detached(work())  # this test runs in a task
+    assert isinstance(task, asyncio.Task) and not task.done()
+    assert await handed == "denied"
 
 
 async def test_work_that_fails_at_once_hands_its_error_over() -> None:
     async def work() -> None:
         raise LookupError("broken policy")
 
-    done, handed = start_detached(work())
+    done, handed = await from_callback(lambda: start_detached(work()))
     assert done.done()
     with pytest.raises(LookupError, match="broken policy"):
         await handed
@@ -122,7 +148,10 @@ async def test_the_work_runs_in_a_copy_of_the_callers_context() -> None:
         await asyncio.sleep(0)
         seen.append(marker.get())  # in the task it went on in
 
-    task, handed = start_detached(work())
-    assert marker.get() == "caller"  # its first step did not set the caller's
+    def start() -> tuple[asyncio.Future[None], asyncio.Future[None], str]:
+        task, handed = start_detached(work())
+        return task, handed, marker.get()  # its first step did not set the caller's
+
+    task, handed, callers = await from_callback(start)
     await handed
-    assert seen == ["work"] and isinstance(task, asyncio.Task)
+    assert callers == "caller" and seen == ["work"] and isinstance(task, asyncio.Task)
