@@ -30,6 +30,7 @@ import secrets
 import socket
 import stat
 from dataclasses import dataclass
+from typing import cast
 
 from etrn_bridge.admission import DEFAULT_LISTEN_BACKLOG
 from etrn_bridge.config import Config, ListenAddress
@@ -139,10 +140,10 @@ class HookConnection(asyncio.Protocol):
     # asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is one without subclassing asyncio.Transport).
+        self.transport = cast(asyncio.Transport, transport)
         if not self.server.admit(self):
-            transport.abort()
+            self.transport.abort()
             return
         self._watch(self.server.settings.idle_timeout)
 
