@@ -330,43 +330,46 @@ def main() -> None:
         f" bridge event loop {args.event_loop}; added ETRN latency over native in brackets"
     )
     workdir = Path(tempfile.mkdtemp(prefix="etrn-bridge-hooks-bench-"))
-    for name in args.only or MTAS:
-        mta = LabMta.from_env(name)
-        mta.reset()
-        env = lab_env(name)
-        native_port = int(env[f"{name.upper()}_NATIVE_ETRN_PORT"])
-        hook_port = int(env[f"{name.upper()}_HOOK_PORT"])
-        daemon = int(DAEMON_PID_FILES[name].read_text().split()[0])
-        backends = {
-            "hook, log backend": {"type": "log"},
-            f"hook, {name} backend": {
-                **mta.backend_options,
-                **({"flush_by_id": True} if name == "postfix" else {}),
-            },
-        }
-        rounds: list[dict[str, Run]] = []
-        for number in range(1, args.rounds + 1):
-            print(f"{name}, round {number}:")
-            native = measure(native_port, args, daemon, None)
-            row("native ETRN", native, None)
-            runs = {"native ETRN": native}
-            if name == "postfix":
-                stub = start_stub(mta)
-                try:
-                    runs["stub policy (floor)"] = measure(hook_port, args, daemon, stub)
-                finally:
-                    stop(stub)
-                row("stub policy (floor)", runs["stub policy (floor)"], native)
-            for label, backend in backends.items():
-                bridge = start_bridge(mta, workdir, backend, args.event_loop)
-                try:
-                    runs[label] = measure(hook_port, args, daemon, bridge)
-                finally:
-                    stop(bridge)
-                row(label, runs[label], native)
-            rounds.append(runs)
-        summary(name, rounds)
-    subprocess.run(["bash", str(LAB / "all.sh"), "stop"], check=False, capture_output=True)
+    try:
+        for name in args.only or MTAS:
+            mta = LabMta.from_env(name)
+            mta.reset()
+            env = lab_env(name)
+            native_port = int(env[f"{name.upper()}_NATIVE_ETRN_PORT"])
+            hook_port = int(env[f"{name.upper()}_HOOK_PORT"])
+            daemon = int(DAEMON_PID_FILES[name].read_text().split()[0])
+            backends = {
+                "hook, log backend": {"type": "log"},
+                f"hook, {name} backend": {
+                    **mta.backend_options,
+                    **({"flush_by_id": True} if name == "postfix" else {}),
+                },
+            }
+            rounds: list[dict[str, Run]] = []
+            for number in range(1, args.rounds + 1):
+                print(f"{name}, round {number}:")
+                native = measure(native_port, args, daemon, None)
+                row("native ETRN", native, None)
+                runs = {"native ETRN": native}
+                if name == "postfix":
+                    stub = start_stub(mta)
+                    try:
+                        runs["stub policy (floor)"] = measure(hook_port, args, daemon, stub)
+                    finally:
+                        stop(stub)
+                    row("stub policy (floor)", runs["stub policy (floor)"], native)
+                for label, backend in backends.items():
+                    bridge = start_bridge(mta, workdir, backend, args.event_loop)
+                    try:
+                        runs[label] = measure(hook_port, args, daemon, bridge)
+                    finally:
+                        stop(bridge)
+                    row(label, runs[label], native)
+                rounds.append(runs)
+            summary(name, rounds)
+    finally:
+        # The lab daemons outlive the namespace the bench runs in: stopped even when it fails.
+        subprocess.run(["bash", str(LAB / "all.sh"), "stop"], check=False, capture_output=True)
 
 
 if __name__ == "__main__":
