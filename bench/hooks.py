@@ -33,10 +33,14 @@ sessions/s follow the sum. For Postfix a first hook row uses
 ``bench/stub_policy.py``, a policy server that answers ``action=OK`` with no
 work at all: the floor any policy service can reach on this machine, which
 tells the bridge's own cost from what Postfix and the clients pay for the
-round trip itself.
+round trip itself. ``--stub-spin-us N`` adds a row with the same stub spinning
+N microseconds on the CPU before each answer (set it to the bridge's CPU per
+ETRN): what a policy server's CPU alone costs Postfix's sessions on the same
+cores, decision and audit aside.
 
     python bench/hooks.py [--sessions 2000] [--clients 50] [--only postfix]
                           [--rounds 3] [--warmup 300] [--event-loop asyncio|uvloop]
+                          [--stub-spin-us N]
 """
 
 from __future__ import annotations
@@ -162,11 +166,13 @@ def start_bridge(
     raise RuntimeError(f"bridge for {mta.name} did not start: {log.read_text()}")
 
 
-def start_stub(mta: LabMta) -> subprocess.Popen[bytes]:
-    """bench/stub_policy.py on the Postfix hook socket: the floor row."""
+def start_stub(mta: LabMta, spin_us: float = 0) -> subprocess.Popen[bytes]:
+    """bench/stub_policy.py on the Postfix hook socket: the floor row (spinning
+    ``spin_us`` per request: the CPU row)."""
     socket_path = lab_env(mta.name)[f"{mta.name.upper()}_HOOK_SOCKET"]
+    stub = str(Path(__file__).with_name("stub_policy.py"))
     process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("stub_policy.py")), socket_path],
+        [sys.executable, stub, socket_path, str(spin_us)],
         stdout=subprocess.PIPE,
     )
     assert process.stdout is not None
@@ -319,6 +325,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--only", choices=MTAS, action="append")
     parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument(
+        "--stub-spin-us",
+        type=float,
+        default=0.0,
+        help="Postfix: one more stub row that spins this many microseconds per request",
+    )
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(8192, hard), hard))
@@ -352,12 +364,16 @@ def main() -> None:
                 row("native ETRN", native, None)
                 runs = {"native ETRN": native}
                 if name == "postfix":
-                    stub = start_stub(mta)
-                    try:
-                        runs["stub policy (floor)"] = measure(hook_port, args, daemon, stub)
-                    finally:
-                        stop(stub)
-                    row("stub policy (floor)", runs["stub policy (floor)"], native)
+                    stubs = {"stub policy (floor)": 0.0}
+                    if args.stub_spin_us:
+                        stubs[f"stub spinning {args.stub_spin_us:g} us"] = args.stub_spin_us
+                    for label, spin_us in stubs.items():
+                        stub = start_stub(mta, spin_us)
+                        try:
+                            runs[label] = measure(hook_port, args, daemon, stub)
+                        finally:
+                            stop(stub)
+                        row(label, runs[label], native)
                 for label, backend in backends.items():
                     bridge = start_bridge(mta, workdir, backend, args.event_loop)
                     try:
