@@ -35,6 +35,7 @@ from collections.abc import Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from etrn_bridge.handoff import start_detached
 from etrn_bridge.policy.coalesce import CoalescedResult, FlushCoalescer
 from etrn_bridge.policy.limits import DEFAULT_MAX_CONCURRENT_FLUSHES, Rate
 from etrn_bridge.request import FlushResult
@@ -174,7 +175,7 @@ class RedisState:
         self.fallback = LocalState(max_concurrent)
         # This node's own flushes for the cluster: one per target at a time.
         self._node_flushes = FlushCoalescer(max_concurrent)
-        self._joining: dict[str, asyncio.Task[CoalescedResult]] = {}
+        self._joining: dict[str, asyncio.Future[CoalescedResult]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._flush_for_peer: PeerFlush | None = None
@@ -256,15 +257,15 @@ class RedisState:
         if joined is not None:
             # shield: a client that disconnects must not cancel everyone's flush.
             return replace(await asyncio.shield(joined), coalesced=True)
-        task = asyncio.get_running_loop().create_task(
-            self._run(target, cooldown, max_concurrent, flush, session)
-        )
-        self._joining[key] = task
-        task.add_done_callback(lambda done: self._forget_join(key, done))
-        return await asyncio.shield(task)
+        # Detached (handoff.py): a client that disconnects must not cancel everyone's flush.
+        run, handed = start_detached(self._run(target, cooldown, max_concurrent, flush, session))
+        if not run.done():
+            self._joining[key] = run
+            run.add_done_callback(lambda done: self._forget_join(key, done))
+        return await handed
 
-    def _forget_join(self, key: str, task: asyncio.Task[CoalescedResult]) -> None:
-        if self._joining.get(key) is task:
+    def _forget_join(self, key: str, run: asyncio.Future[CoalescedResult]) -> None:
+        if self._joining.get(key) is run:
             del self._joining[key]
 
     async def _run(
