@@ -259,10 +259,15 @@ class RedisState:
             return replace(await asyncio.shield(joined), coalesced=True)
         # Detached (handoff.py): a client that disconnects must not cancel everyone's flush.
         run, handed = start_detached(self._run(target, cooldown, max_concurrent, flush, session))
-        if not run.done():
-            self._joining[key] = run
-            run.add_done_callback(lambda done: self._forget_join(key, done))
-        return await handed
+        self._joining[key] = run
+        try:
+            return await handed
+        finally:
+            # Forgotten before its caller goes on: the next request starts a new flush.
+            if run.done():
+                self._forget_join(key, run)
+            else:  # the caller left first
+                run.add_done_callback(lambda done: self._forget_join(key, done))
 
     def _forget_join(self, key: str, run: asyncio.Future[CoalescedResult]) -> None:
         if self._joining.get(key) is run:
