@@ -26,7 +26,7 @@ The load average is printed with each figure. Prints figures, asserts nothing. U
                                 [--concurrency N] [--flush-socket] [--pairs N]
                                 [--compare /path/to/other/.venv/bin/python] [--no-listing]
                                 [--keep-queue] [--reuse-queue] [--profile FILE] [--workers N]
-                                [--compare-workers N]
+                                [--compare-workers N] [--floor]
     python bench/queue_scale.py --small      # 2,000 messages over 200 domains, flood 20
 
 Measured on the shared 2-core lab machine: with the same code in both slots the
@@ -34,6 +34,11 @@ first bridge (this checkout's) answered slower than the --compare one, so run an
 A/B both ways round (this bench under the other checkout's interpreter, with
 ``--compare`` naming this one) and compare the bridge CPU per session, which the
 load of other jobs moves much less than the reply times.
+
+``--floor`` adds two floods of bench/stub_etrn.py to each round: a Python ETRN
+server that only asks flush(8) (no policy, index or audit), on a bare asyncio
+Protocol and on aiosmtpd: the floor of any Python front end on this machine,
+and of one on the bridge's SMTP library.
 
 ``--keep-queue`` leaves the queue (and the sink) as they are at the end, and
 ``--reuse-queue`` starts from such a queue: no injection, and the floods take
@@ -249,6 +254,52 @@ def flood(
             sock.close()
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children so far, every thread, in seconds:
+    from /proc/PID/task/TID/schedstat (nanoseconds, proc(5)); /proc/PID/stat
+    counts whole clock ticks, 10 ms, too coarse for one flood."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids += [int(child) for child in children.read_text().split()]
+    total = 0
+    for each in pids:
+        for task in Path(f"/proc/{each}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
+class StubEtrn:
+    """bench/stub_etrn.py: a Python ETRN server that only asks flush(8), the floor
+    rows (``--floor``), on a bare Protocol or on aiosmtpd; flooded like a bridge."""
+
+    def __init__(self, use_aiosmtpd: bool) -> None:
+        self.name = "floor-aiosmtpd" if use_aiosmtpd else "floor"
+        self.port = BRIDGE_PORT + 9 - use_aiosmtpd
+        stub = str(Path(__file__).with_name("stub_etrn.py"))
+        flush = str(MTA_LAB / "postfix" / "spool" / "public" / "flush")
+        self.process = subprocess.Popen(
+            [sys.executable, stub, str(self.port), flush, *(["--aiosmtpd"] * use_aiosmtpd)],
+            stdout=subprocess.PIPE,
+            cwd=WORKDIR,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the stub ETRN server did not start")
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.process.pid)
+
+    def listings(self) -> str:
+        return "-"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
 class Bridge:
     """``etrn-bridge serve`` on the lab's Postfix, as production runs it: the
     postqueue binary itself (``-c`` selects the instance), no wrapper script.
@@ -311,20 +362,7 @@ class Bridge:
         raise RuntimeError(f"bridge did not start: {self.stderr.read_text()}")
 
     def cpu_seconds(self) -> float:
-        """CPU time of the bridge and its workers so far, every thread, in seconds:
-        from /proc/PID/task/TID/schedstat (nanoseconds, proc(5)); /proc/PID/stat
-        counts whole clock ticks, 10 ms, too coarse for one flood."""
-        pids = [self.process.pid]
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        pids += [int(pid) for pid in children.read_text().split()]
-        total = 0
-        for pid in pids:
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                try:
-                    total += int((task / "schedstat").read_text().split()[0])
-                except (OSError, IndexError, ValueError):
-                    continue  # a thread that ended meanwhile
-        return total / 1e9
+        return process_cpu_seconds(self.process.pid)
 
     def records(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
@@ -369,7 +407,7 @@ def report(
     return p99
 
 
-def bridge_flood(bridge: Bridge, name: str, targets: list[str]) -> tuple[float, float]:
+def bridge_flood(bridge: Bridge | StubEtrn, name: str, targets: list[str]) -> tuple[float, float]:
     """A flood through ``bridge``: (p99, its CPU seconds per session: connect, EHLO,
     ETRN, QUIT; read once the sessions have ended)."""
     before = bridge.cpu_seconds()
@@ -487,11 +525,12 @@ def bench(args: argparse.Namespace) -> None:
     fresh = fresh_domains(mta, args, per_domain)
     print(f"  one postqueue -j of the whole queue: {time.monotonic() - started:.2f} s")
     variants = 2 if args.compare else 1
-    floods_needed = args.pairs * (1 + variants) + (not args.no_listing)
+    floods_needed = args.pairs * (1 + variants + 2 * args.floor) + (not args.no_listing)
     needed = floods_needed * args.flood + args.rounds * (1 + variants)
     if len(fresh) < needed:
         raise SystemExit(f"only {len(fresh)} domains are still all deferred, {needed} needed")
     bridges = start_indexed(mta, args)
+    floors = [StubEtrn(use_aiosmtpd) for use_aiosmtpd in (False, True)] if args.floor else []
     pool = iter(fresh)
 
     def take(count: int) -> list[str]:
@@ -500,6 +539,8 @@ def bench(args: argparse.Namespace) -> None:
     p99s: dict[str, list[float]] = {"native": []}
     delivered: dict[str, list[float]] = {"native": []}
     cpus: dict[str, list[float]] = {}
+    for floor in floors:
+        p99s[floor.name], cpus[floor.name] = [], []
     try:
         for bridge in bridges:
             p99s[bridge.name], delivered[bridge.name], cpus[bridge.name] = [], [], []
@@ -511,6 +552,11 @@ def bench(args: argparse.Namespace) -> None:
                 report("Postfix's own ETRN", *flood(native_port, take(args.flood), window), "-")
             )
             print(f"    {window.describe(args.flood)}")
+            for floor in floors:
+                wait_idle()
+                p99, cpu = bridge_flood(floor, floor.name, take(args.flood))
+                p99s[floor.name].append(p99)
+                cpus[floor.name].append(cpu)
             for bridge in order:
                 wait_idle()
                 p99, cpu = bridge_flood(bridge, f"bridge, index ({bridge.name})", take(args.flood))
@@ -523,6 +569,8 @@ def bench(args: argparse.Namespace) -> None:
     finally:
         for bridge in bridges:
             bridge.stop()
+        for floor in floors:
+            floor.stop()
     listing_p99 = None
     if not args.no_listing:
         wait_idle()
@@ -536,10 +584,11 @@ def bench(args: argparse.Namespace) -> None:
         if name == "native":
             continue
         ratios = [b / n for b, n in zip(values, p99s["native"], strict=True)]
+        kind = "no bridge" if name.startswith("floor") else "index"
         print(
-            f"  p99 ratio to Postfix's own, index ({name}): "
+            f"  p99 ratio to Postfix's own, {kind} ({name}): "
             f"median {statistics.median(ratios):.2f}x "
-            f"(per round {', '.join(f'{x:.2f}' for x in ratios)}); bridge CPU per session "
+            f"(per round {', '.join(f'{x:.2f}' for x in ratios)}); server CPU per session "
             f"median {statistics.median(cpus[name]) * 1000:.2f} ms "
             f"({', '.join(f'{x * 1000:.2f}' for x in cpus[name])})"
         )
@@ -602,6 +651,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--compare-workers", type=int, help="workers of the --compare bridge (default: --workers)"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also flood bench/stub_etrn.py, a Python ETRN server that only asks flush(8) "
+        "(on a bare Protocol, and on aiosmtpd)",
     )
     parser.add_argument("--no-listing", action="store_true", help="no flood without the index")
     parser.add_argument("--keep-queue", action="store_true", help="leave the queue at the end")
