@@ -1,11 +1,13 @@
 """Several MX hosts as one: fan-out reply latency, and what shared limits cost.
 
-    python bench/cluster.py [--etrn 200] [--nodes 1,3,10] [--calls 2000] [--backend postfix]
+    python bench/cluster.py [--etrn 200] [--nodes 1,3,10] [--calls 2000]
+                            [--backend command|log|postfix]
 
 Starts ``etrn-bridge serve`` processes: a single bridge without ``cluster:``,
 and one cluster per size in ``--nodes``, each cluster on a redis-server of its
 own (loopback, free port). Backend: ``command`` running ``/bin/true`` (a real
-process per flush, as an MTA's flush command is), or with ``--backend postfix``
+process per flush, as an MTA's flush command is), ``--backend log`` (no process:
+what the fan-out itself costs when the nodes' flushes take no CPU), or with ``--backend postfix``
 the lab's real Postfix, shared by every node (start the lab first, inside one
 netns-run.sh call: ``bash tests/mta/lab/netns-run.sh bash -c 'bash
 tests/mta/lab/all.sh start && .venv/bin/python bench/cluster.py --backend
@@ -163,11 +165,13 @@ def main() -> None:
     parser.add_argument("--etrn", type=int, default=200)
     parser.add_argument("--nodes", default="1,3,10")
     parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--backend", choices=["command", "postfix"], default="command")
+    parser.add_argument("--backend", choices=["command", "log", "postfix"], default="command")
     args = parser.parse_args()
     sizes = [int(n) for n in args.nodes.split(",")]
     backend: Mapping[str, Any] = COMMAND_BACKEND
-    if args.backend == "postfix":
+    if args.backend == "log":
+        backend = {"type": "log"}
+    elif args.backend == "postfix":
         from mtalab import LabMta
 
         backend = LabMta.from_env("postfix").backend_options
