@@ -1,4 +1,5 @@
-"""The client side of an ETRN flood, shared by bench/queue_scale.py and bench/index_flood.py.
+"""An ETRN flood, shared by bench/queue_scale.py and bench/index_flood.py: the
+client side, and the CPU the server spent on it.
 
 One thread sends an ETRN on every session at once, then reads the replies with
 a selector: each reply is timed from its own command's send, the way a customer
@@ -11,6 +12,7 @@ import selectors
 import socket
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 Replies = dict[socket.socket, tuple[float, bytes]]
 
@@ -58,3 +60,24 @@ def etrn_flood(
     finally:
         selector.close()
     return replies
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time of ``pid`` and its children (the workers): of all their threads, and
+    of their main threads alone (the event loops). From /proc/PID/task/TID/schedstat
+    (nanoseconds on the CPU, proc(5)): /proc/PID/stat counts whole clock ticks,
+    10 ms, too coarse for one flood."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids += [int(child) for child in children.read_text().split()]
+    total = loops = 0
+    for one in pids:
+        for task in Path(f"/proc/{one}/task").iterdir():
+            try:
+                nanoseconds = int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile
+            total += nanoseconds
+            if task.name == str(one):
+                loops += nanoseconds
+    return total / 1e9, loops / 1e9

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from etrnflood import etrn_flood, read_reply
+from etrnflood import cpu_seconds, etrn_flood, read_reply
 
 from etrn_bridge.queueindex.store import IndexedMessage, QueueIndex
 
@@ -79,27 +79,6 @@ def clear_marks(path: Path) -> None:
     with index._write() as db:
         db.execute("UPDATE message SET flushed = NULL WHERE flushed IS NOT NULL")
     index.close()
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU time of ``pid`` and its children (the workers): of all their threads, and
-    of their main threads alone (the event loops). From /proc/PID/task/TID/schedstat
-    (nanoseconds on the CPU, proc(5)): /proc/PID/stat counts whole clock ticks,
-    10 ms, too coarse for one flood."""
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    pids += [int(child) for child in children.read_text().split()]
-    total = loops = 0
-    for one in pids:
-        for task in Path(f"/proc/{one}/task").iterdir():
-            try:
-                nanoseconds = int((task / "schedstat").read_text().split()[0])
-            except (OSError, IndexError, ValueError):
-                continue  # a thread that ended meanwhile
-            total += nanoseconds
-            if task.name == str(one):
-                loops += nanoseconds
-    return total / 1e9, loops / 1e9
 
 
 def used(before: tuple[float, float], pid: int) -> tuple[float, float]:

@@ -64,7 +64,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "mta"))
 
-from etrnflood import etrn_flood, read_reply
+from etrnflood import cpu_seconds, etrn_flood, read_reply
 from mtalab import MTA_LAB, LabMta, lab_env
 
 from etrn_bridge.backends.postfix import parse_postqueue_json
@@ -254,23 +254,6 @@ def flood(
             sock.close()
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its children so far, every thread, in seconds:
-    from /proc/PID/task/TID/schedstat (nanoseconds, proc(5)); /proc/PID/stat
-    counts whole clock ticks, 10 ms, too coarse for one flood."""
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    pids += [int(child) for child in children.read_text().split()]
-    total = 0
-    for each in pids:
-        for task in Path(f"/proc/{each}/task").iterdir():
-            try:
-                total += int((task / "schedstat").read_text().split()[0])
-            except (OSError, IndexError, ValueError):
-                continue  # a thread that ended meanwhile
-    return total / 1e9
-
-
 class StubEtrn:
     """bench/stub_etrn.py: a Python ETRN server that only asks flush(8), the floor
     rows (``--floor``), on a bare Protocol or on aiosmtpd; flooded like a bridge."""
@@ -290,7 +273,7 @@ class StubEtrn:
             raise RuntimeError("the stub ETRN server did not start")
 
     def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid)[0]
 
     def listings(self) -> str:
         return "-"
@@ -362,7 +345,7 @@ class Bridge:
         raise RuntimeError(f"bridge did not start: {self.stderr.read_text()}")
 
     def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid)[0]
 
     def records(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
@@ -398,7 +381,7 @@ def report(
 ) -> float:
     p50, p99 = percentile(times, 0.5), percentile(times, 0.99)
     replies = {code: codes.count(code) for code in sorted(set(codes))}
-    per_session = "" if cpu is None else f"  bridge CPU {cpu * 1000 / len(times):.2f} ms/session"
+    per_session = "" if cpu is None else f"  server CPU {cpu * 1000 / len(times):.2f} ms/session"
     print(
         f"  {name:23} p50 {p50 * 1000:6.1f} ms  p99 {p99 * 1000:6.1f} ms  "
         f"max {max(times) * 1000:6.1f} ms  replies {replies}  MTA listings {listings}"
@@ -584,7 +567,7 @@ def bench(args: argparse.Namespace) -> None:
         if name == "native":
             continue
         ratios = [b / n for b, n in zip(values, p99s["native"], strict=True)]
-        kind = "no bridge" if name.startswith("floor") else "index"
+        kind = "no bridge" if name in {floor.name for floor in floors} else "index"
         print(
             f"  p99 ratio to Postfix's own, {kind} ({name}): "
             f"median {statistics.median(ratios):.2f}x "

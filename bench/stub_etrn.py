@@ -33,6 +33,7 @@ class EtrnSession(asyncio.Protocol):
         self.flush_socket = flush_socket
         self.transport: asyncio.Transport | None = None
         self.received = b""
+        self.flushes: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -49,7 +50,9 @@ class EtrnSession(asyncio.Protocol):
         assert self.transport is not None
         verb, _, argument = line.partition(" ")
         if verb.upper() == "ETRN":
-            asyncio.get_running_loop().create_task(self.etrn(argument))
+            flush = asyncio.get_running_loop().create_task(self.etrn(argument))
+            self.flushes.add(flush)
+            flush.add_done_callback(self.flushes.discard)
         elif verb.upper() == "QUIT":
             self.transport.write(b"221 2.0.0 bye\r\n")
             self.transport.close()
